@@ -1,0 +1,15 @@
+"""COCO-evaluate a checkpoint: python evaluate.py ckpt=PATH [data=... key=value ...]."""
+
+import hydra
+from omegaconf import DictConfig
+
+from instseg.pipeline import evaluate, run_cli
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    return run_cli(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

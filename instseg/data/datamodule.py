@@ -1,0 +1,136 @@
+"""LightningDataModules for any COCO-format dataset, and for the generated shapes set.
+
+Batches are `(images, targets)` lists as torchvision detection models take them (see
+`instseg.data.coco`). The validation split's annotation file is the evaluation ground truth:
+`val_coco` exposes it, `categories` maps contiguous labels to its category ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pycocotools.coco import COCO
+from torch.utils.data import DataLoader
+
+from instseg.data.categories import CategoryMap
+from instseg.data.coco import CocoInstances, collate, load_coco
+from instseg.data.synthetic import generate_shapes
+from instseg.data.transforms import detection_transforms
+from instseg.utils.errors import InstsegError
+
+
+class CocoDataModule(pl.LightningDataModule):
+    """Train and val splits, each an image directory plus a COCO instances json.
+
+    Relative paths are taken under `root` when it is given (e.g. the COCO 2017 layout).
+    """
+
+    def __init__(
+        self,
+        train_images: str,
+        train_annotations: str,
+        val_images: str,
+        val_annotations: str,
+        root: str | None = None,
+        batch_size: int = 2,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        train_transforms: Callable | None = None,
+        val_transforms: Callable | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        base = Path(root) if root is not None else Path()
+        self.paths = {
+            "train_images": base / train_images, "train_annotations": base / train_annotations,
+            "val_images": base / val_images, "val_annotations": base / val_annotations,
+        }
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.train_transforms = train_transforms or detection_transforms(hflip_prob=0.5)
+        self.val_transforms = val_transforms or detection_transforms()
+        self.pin_memory = pin_memory
+        self.train_set: CocoInstances | None = None
+        self.val_set: CocoInstances | None = None
+
+    def prepare_data(self) -> None:
+        """Fail early, naming every missing path and what belongs there."""
+        missing = [
+            f"  {name}: {path} ({'COCO instances json' if 'annotations' in name else 'image folder'})"
+            for name, path in self.paths.items()
+            if not (path.is_file() if "annotations" in name else path.is_dir())
+        ]
+        if missing:
+            raise InstsegError("dataset files not found:\n" + "\n".join(missing))
+
+    @cached_property
+    def categories(self) -> CategoryMap:
+        """Categories of the validation json (the training json must list the same)."""
+        return CategoryMap.from_coco_categories(self.val_coco.dataset["categories"])
+
+    @cached_property
+    def val_coco(self) -> COCO:
+        return load_coco(self.paths["val_annotations"])
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = CocoInstances(
+                self.paths["train_images"], self.paths["train_annotations"], train=True,
+                transforms=self.train_transforms,
+            )
+            if self.train_set.categories != self.categories:
+                raise InstsegError(
+                    f"{self.paths['train_annotations']} and {self.paths['val_annotations']} list "
+                    "different categories; both splits need the same 'categories'"
+                )
+        if self.val_set is None:
+            self.val_set = CocoInstances(
+                self.paths["val_images"], self.paths["val_annotations"], train=False,
+                transforms=self.val_transforms,
+            )
+            self.val_set.coco = self.val_coco  # one copy of the ground truth
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.val_batch_size, shuffle=False)
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            collate_fn=collate, pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+class ShapesDataModule(CocoDataModule):
+    """The synthetic shapes set (`instseg.data.synthetic`), generated once under `root`."""
+
+    def __init__(
+        self,
+        root: str,
+        num_train: int = 800,
+        num_val: int = 100,
+        image_size: int = 160,
+        max_objects: int = 5,
+        seed: int = 0,
+        **loader_kwargs,
+    ) -> None:
+        super().__init__(
+            train_images="train", train_annotations="annotations/instances_train.json",
+            val_images="val", val_annotations="annotations/instances_val.json",
+            root=root, **loader_kwargs,
+        )
+        self.generator_args = dict(
+            root=Path(root), num_train=num_train, num_val=num_val, image_size=image_size,
+            max_objects=max_objects, seed=seed,
+        )
+
+    def prepare_data(self) -> None:
+        generate_shapes(**self.generator_args)
+        super().prepare_data()

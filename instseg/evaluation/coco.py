@@ -1,0 +1,181 @@
+"""COCO bbox and segm evaluation, exactly as pycocotools computes it.
+
+Contract (detectron2's evaluator shape):
+    evaluator = CocoEvaluator(coco_gt, categories)
+    evaluator.process(image_ids, outputs)   # per batch; outputs are torchvision detection dicts:
+                                            # boxes XYXY float [N, 4], labels int64 contiguous,
+                                            # scores [N], masks float [N, 1, H, W] in original pixels
+    metrics = evaluator.evaluate()          # {"segm_mAP": ..., "bbox_mAP50": ..., ...}
+
+Masks are thresholded at 0.5 and RLE-encoded as they arrive, so only compact records are
+kept. Under torch.distributed the records are gathered, images seen twice (a distributed
+sampler pads the last batch) are counted once, rank 0 computes and every rank receives the
+same numbers. `coco_stats` is the pure scoring step: ground truth + COCO results list ->
+the 12 standard stats, with pycocotools or faster-coco-eval (same numbers, faster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from instseg.data.categories import CategoryMap
+
+IOU_TYPES = ("bbox", "segm")
+STAT_NAMES = (
+    "mAP", "mAP50", "mAP75", "mAP_s", "mAP_m", "mAP_l",
+    "mAR1", "mAR10", "mAR100", "mAR_s", "mAR_m", "mAR_l",
+)
+BACKENDS = ("faster_coco_eval", "pycocotools")
+
+
+def detections_to_records(
+    image_id: int, output: dict, categories: CategoryMap, mask_threshold: float = 0.5
+) -> list[dict]:
+    """One image's detections -> COCO results records (xywh box, category id, RLE mask)."""
+    boxes = output["boxes"].detach().float().cpu()
+    if len(boxes) == 0:
+        return []
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    scores = output["scores"].detach().float().cpu().tolist()
+    category_ids = categories.to_category_ids(output["labels"].cpu())
+    records = [
+        {"image_id": int(image_id), "category_id": c, "bbox": b, "score": s}
+        for c, b, s in zip(category_ids, xywh, scores, strict=True)
+    ]
+    if "masks" in output:
+        binary = (output["masks"][:, 0] > mask_threshold).cpu().numpy().astype(np.uint8)
+        rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+        for record, rle in zip(records, rles, strict=True):
+            record["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    return records
+
+
+def coco_stats(
+    coco_gt: COCO,
+    results: Sequence[dict],
+    iou_type: str,
+    backend: str = "faster_coco_eval",
+    image_ids: Iterable[int] | None = None,
+    verbose: bool = True,
+) -> np.ndarray:
+    """The 12 COCO stats of `results` against `coco_gt`, as `COCOeval.summarize` prints them.
+
+    `results` are treated exactly as `COCO.loadRes` treats them (a record's `bbox`, if present,
+    sets its area, also for segm). `image_ids` restricts evaluation (default: all gt images).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"eval backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "pycocotools":
+        from pycocotools.cocoeval import COCOeval as Evaluator
+        gt = coco_gt
+    else:
+        from faster_coco_eval import COCO as FasterCOCO
+        from faster_coco_eval import COCOeval_faster as Evaluator
+        gt = _as_backend(coco_gt, FasterCOCO)
+    dt = _load_results(gt, results)
+    kwargs = {} if backend == "pycocotools" else {"print_function": print}
+    with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
+        evaluator = Evaluator(gt, dt, iouType=iou_type, **kwargs)
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(set(image_ids))
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return np.asarray(evaluator.stats[:12], dtype=np.float64)
+
+
+def _as_backend(coco_gt: COCO, cls):
+    gt = cls()
+    gt.dataset = coco_gt.dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def _load_results(gt, results: Sequence[dict]):
+    if results:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return gt.loadRes(copy.deepcopy(list(results)))
+    # loadRes cannot take an empty list; no detections is a valid (zero) result.
+    empty = type(gt)()
+    empty.dataset = {k: gt.dataset[k] for k in ("images", "categories")} | {"annotations": []}
+    with contextlib.redirect_stdout(io.StringIO()):
+        empty.createIndex()
+    return empty
+
+
+class CocoEvaluator:
+    """Accumulates detections over batches and scores them against `coco_gt`."""
+
+    def __init__(
+        self,
+        coco_gt: COCO,
+        categories: CategoryMap,
+        backend: str = "faster_coco_eval",
+        iou_types: Sequence[str] = IOU_TYPES,
+        verbose: bool = True,
+    ) -> None:
+        self.coco_gt = coco_gt
+        self.categories = categories
+        self.backend = backend
+        self.iou_types = tuple(iou_types)
+        self.verbose = verbose
+        self.reset()
+
+    def reset(self) -> None:
+        self.image_ids: list[int] = []
+        self.records: list[dict] = []
+
+    def process(self, image_ids: Sequence[int], outputs: Sequence[dict]) -> None:
+        for image_id, output in zip(image_ids, outputs, strict=True):
+            self.image_ids.append(int(image_id))
+            self.records.extend(detections_to_records(image_id, output, self.categories))
+
+    def evaluate(self) -> dict[str, float]:
+        """Flat metrics `{iou_type}_{stat}` over every image processed on any rank."""
+        image_ids, records = self._gather()
+        metrics = None
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            metrics = self._compute(image_ids, records)
+        if dist.is_initialized():
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        return metrics
+
+    def _compute(self, image_ids: Sequence[int], records: Sequence[dict]) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for iou_type in self.iou_types:
+            if self.verbose:
+                print(f"COCO {iou_type} ({len(image_ids)} images, {len(records)} detections):")
+            # Mask AP takes each detection's area from its mask (as detectron2 does): a bbox
+            # in the record would make loadRes use the box area for the size ranges.
+            typed = records if iou_type == "bbox" else [
+                {k: v for k, v in r.items() if k != "bbox"} for r in records
+            ]
+            stats = coco_stats(self.coco_gt, typed, iou_type, self.backend, image_ids, self.verbose)
+            metrics.update({f"{iou_type}_{n}": float(v) for n, v in zip(STAT_NAMES, stats, strict=True)})
+        return metrics
+
+    def _gather(self) -> tuple[list[int], list[dict]]:
+        if not dist.is_initialized():
+            return self.image_ids, self.records
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (self.image_ids, self.records))
+        seen: set[int] = set()
+        image_ids, records = [], []
+        for rank_ids, rank_records in parts:
+            fresh = set(rank_ids) - seen  # padding repeats an image another rank already has
+            seen |= fresh
+            image_ids.extend(sorted(fresh))
+            records.extend(r for r in rank_records if r["image_id"] in fresh)
+        return image_ids, records

@@ -1,0 +1,80 @@
+"""LightningModule around a built torchvision Mask R-CNN.
+
+Training: the model's loss dict is summed; every term is logged as `train/<term>` and the
+sum as `train/loss`. Validation is COCO mAP, not a loss: predictions are scored by
+`CocoEvaluator` against the datamodule's validation json and logged as `val/segm_mAP`,
+`val/bbox_mAP50`, ... The datamodule must expose `val_coco` (pycocotools COCO) and
+`categories` (CategoryMap), as `instseg.data.CocoDataModule` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from instseg.evaluation.coco import CocoEvaluator
+
+
+class MaskRCNNModule(pl.LightningModule):
+    """`net` is a torchvision `MaskRCNN`; `optimizer(params)` and `scheduler(optimizer,
+    total_steps)` are partials (Hydra `_partial_: true`); the scheduler steps every iteration."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        eval_backend: str = "faster_coco_eval",
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.eval_backend = eval_backend
+        self.evaluator: CocoEvaluator | None = None
+        self.last_metrics: dict[str, float] = {}
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return self.net(images)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        targets = [{k: v for k, v in t.items() if k != "image_id"} for t in targets]
+        losses = self.net(images, targets)
+        loss = sum(losses.values())
+        logged = {f"train/{name}": value for name, value in losses.items()} | {"train/loss": loss}
+        self.log_dict(logged, prog_bar=False, batch_size=len(images))
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(images))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        self.evaluator = CocoEvaluator(
+            datamodule.val_coco, datamodule.categories, backend=self.eval_backend,
+            verbose=self.trainer.is_global_zero,
+        )
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        outputs = self.net(images)
+        self.evaluator.process([t["image_id"] for t in targets], outputs)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.last_metrics = self.evaluator.evaluate()
+        # Every rank holds the same numbers (rank 0 computed them), so no reduction is needed.
+        self.log_dict({f"val/{k}": v for k, v in self.last_metrics.items()}, sync_dist=False)
+        self.evaluator = None
+
+    def configure_optimizers(self):
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,15 @@
+"""Train Mask R-CNN: python train.py [model=r50_fpn] [data=coco data.root=...] [key=value ...]."""
+
+import hydra
+from omegaconf import DictConfig
+
+from instseg.pipeline import run_cli, train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run_cli(train, cfg)
+
+
+if __name__ == "__main__":
+    main()
