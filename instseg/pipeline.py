@@ -1,4 +1,4 @@
-"""train(cfg) and evaluate(cfg): instantiate from the Hydra config and run. The only code that sees cfg.
+"""train(cfg) and evaluate(cfg): instantiate from the config and run; the only code seeing cfg.
 
 Checkpoints written by `train` carry, under the key "instseg", the resolved config, the
 dataset's categories and the validation metrics logged when they were saved, so that

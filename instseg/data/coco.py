@@ -121,7 +121,8 @@ class CocoInstances(Dataset):
             # decode_image ignores EXIF orientation unless asked: COCO refers to stored pixels.
             pixels = decode_image(str(path), mode=ImageReadMode.RGB)
         except (RuntimeError, OSError) as error:
-            raise InstsegError(f"{path} (image id {info['id']}): cannot read image: {error}") from error
+            message = f"{path} (image id {info['id']}): cannot read image: {error}"
+            raise InstsegError(message) from error
         if tuple(pixels.shape[-2:]) != (info["height"], info["width"]):
             raise InstsegError(
                 f"{path} (image id {info['id']}): image is {pixels.shape[-1]}x{pixels.shape[-2]} "

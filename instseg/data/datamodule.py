@@ -59,11 +59,12 @@ class CocoDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Fail early, naming every missing path and what belongs there."""
-        missing = [
-            f"  {name}: {path} ({'COCO instances json' if 'annotations' in name else 'image folder'})"
-            for name, path in self.paths.items()
-            if not (path.is_file() if "annotations" in name else path.is_dir())
-        ]
+        missing = []
+        for name, path in self.paths.items():
+            is_json = name.endswith("annotations")
+            if not (path.is_file() if is_json else path.is_dir()):
+                expected = "a COCO instances json" if is_json else "a folder of the json's images"
+                missing.append(f"  {name}: {path} (expected {expected})")
         if missing:
             raise InstsegError("dataset files not found:\n" + "\n".join(missing))
 

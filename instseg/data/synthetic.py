@@ -122,7 +122,8 @@ def _background(size, rng) -> np.ndarray:
     t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
     image = start + (end - start) * t[..., None]
     period = rng.uniform(6, 30)
-    stripes = 12 * np.sin(2 * math.pi * (xx * np.cos(angle + 1) + yy * np.sin(angle + 1)) * size / period)
+    phase = (xx * np.cos(angle + 1) + yy * np.sin(angle + 1)) * size / period
+    stripes = 12 * np.sin(2 * math.pi * phase)
     image += stripes[..., None] + rng.normal(0, 8, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
 

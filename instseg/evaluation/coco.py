@@ -4,7 +4,7 @@ Contract (detectron2's evaluator shape):
     evaluator = CocoEvaluator(coco_gt, categories)
     evaluator.process(image_ids, outputs)   # per batch; outputs are torchvision detection dicts:
                                             # boxes XYXY float [N, 4], labels int64 contiguous,
-                                            # scores [N], masks float [N, 1, H, W] in original pixels
+                                            # scores [N], masks float [N, 1, H, W] in image pixels
     metrics = evaluator.evaluate()          # {"segm_mAP": ..., "bbox_mAP50": ..., ...}
 
 Masks are thresholded at 0.5 and RLE-encoded as they arrive, so only compact records are
@@ -163,7 +163,8 @@ class CocoEvaluator:
                 {k: v for k, v in r.items() if k != "bbox"} for r in records
             ]
             stats = coco_stats(self.coco_gt, typed, iou_type, self.backend, image_ids, self.verbose)
-            metrics.update({f"{iou_type}_{n}": float(v) for n, v in zip(STAT_NAMES, stats, strict=True)})
+            for name, value in zip(STAT_NAMES, stats, strict=True):
+                metrics[f"{iou_type}_{name}"] = float(value)
         return metrics
 
     def _gather(self) -> tuple[list[int], list[dict]]:

@@ -1,0 +1,64 @@
+"""Shared fixtures: config composition, a tiny generated shapes set, and the real data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# A handful of 96 px images: enough for every code path, seconds to train on.
+TINY_SHAPES = dict(num_train=12, num_val=6, image_size=96, max_objects=3, seed=1)
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data; skip where the folder is absent, except under CI."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{path} is missing, and CI must run the tests that read it")
+        pytest.skip(f"{path} is absent (real data lives in ../shared/data)")
+    return path
+
+
+def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose conf/<name>.yaml as the entry script would, writing into `output_dir`."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name=name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(output_dir)  # the app's cwd; Hydra's resolvers are absent here
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def tiny_data_overrides(shapes_root: Path) -> list[str]:
+    """Overrides that point data=shapes at the tiny set (the same parameters: no regeneration)."""
+    return [f"data.root={shapes_root}", *[f"data.{k}={v}" for k, v in TINY_SHAPES.items()],
+            "data.num_workers=0"]
+
+
+def tiny_train_overrides(shapes_root: Path) -> list[str]:
+    """Overrides for a few CPU steps of the small model on the tiny shapes set."""
+    return [
+        *tiny_data_overrides(shapes_root),
+        "data.batch_size=2",
+        "model.net.min_size=96",
+        "model.net.max_size=96",
+        "model.scheduler.warmup_steps=2",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory) -> Path:
+    from instseg.data.synthetic import generate_shapes
+
+    return generate_shapes(tmp_path_factory.mktemp("data") / "shapes", **TINY_SHAPES)

@@ -1,0 +1,99 @@
+"""train(cfg) / evaluate(cfg) in process, and the real entry scripts in subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from instseg.pipeline import evaluate, train
+from tests.conftest import ROOT, compose_config, tiny_data_overrides, tiny_train_overrides
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_shapes, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("run")
+    cfg = compose_config("train", tiny_train_overrides(tiny_shapes), output_dir)
+    metrics = train(cfg)
+    return output_dir, metrics
+
+
+def test_train_logs_losses_and_mAP_and_writes_run_directory(trained_run):
+    output_dir, metrics = trained_run
+    for key in ["train/loss", "train/loss_mask", "train/loss_classifier", "train/loss_box_reg",
+                "train/loss_objectness", "train/loss_rpn_box_reg",
+                "val/segm_mAP", "val/bbox_mAP", "val/segm_mAP50", "val/bbox_mAP75"]:
+        assert key in metrics, key
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert (output_dir / "config_resolved.yaml").is_file()
+    assert list((output_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (output_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((output_dir / "checkpoints").glob("best-*.ckpt"))
+
+
+def test_tensorboard_holds_losses_learning_rate_and_mAP(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output_dir, _ = trained_run
+    events = EventAccumulator(str(output_dir / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss_mask", "val/segm_mAP", "val/bbox_mAP"} <= tags
+    assert any(tag.startswith("lr-") for tag in tags)
+
+
+def test_evaluate_reproduces_logged_mAP_in_process(trained_run, tmp_path):
+    output_dir, _ = trained_run
+    best = next((output_dir / "checkpoints").glob("best-*.ckpt"))
+    logged = torch.load(best, weights_only=True)["instseg"]["metrics"]
+    cfg = compose_config("evaluate", [f"ckpt={best}", "eval.backend=pycocotools"], tmp_path)
+    metrics = evaluate(cfg)
+    assert metrics["val/segm_mAP"] == pytest.approx(logged["val/segm_mAP"], abs=1e-12)
+    assert metrics["val/bbox_mAP"] == pytest.approx(logged["val/bbox_mAP"], abs=1e-12)
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["metrics"]["val/segm_mAP"] == metrics["val/segm_mAP"]
+
+
+def _run(script: str, *overrides: str, cwd) -> subprocess.CompletedProcess:
+    env = os.environ | {"INSTSEG_ROOT": str(cwd)}
+    return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_entry_scripts_round_trip(tiny_shapes, tmp_path):
+    """train.py writes a best checkpoint; evaluate.py on it prints the mAP training logged."""
+    run_dir = tmp_path / "run"
+    train_run = _run("train.py", *tiny_train_overrides(tiny_shapes),
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert train_run.returncode == 0, train_run.stderr[-3000:]
+    assert "Average Precision" in train_run.stdout
+    best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
+    logged = torch.load(best, weights_only=True)["instseg"]["metrics"]["val/segm_mAP"]
+
+    eval_dir = tmp_path / "eval"
+    eval_run = _run("evaluate.py", f"ckpt={best}", f"hydra.run.dir={eval_dir}", cwd=tmp_path)
+    assert eval_run.returncode == 0, eval_run.stderr[-3000:]
+    assert f"val/segm_mAP = {logged:.4f} (training logged {logged:.4f}" in eval_run.stdout
+    report = json.loads((eval_dir / "metrics.json").read_text())
+    assert report["metrics"]["val/segm_mAP"] == pytest.approx(logged, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_missing_dataset_is_one_clear_message(tmp_path):
+    result = _run("train.py", "data=coco", f"data.root={tmp_path}/nowhere",
+                  f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{tmp_path}/nowhere/annotations/instances_train2017.json" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_r50_fpn_smoke_run(tiny_shapes, tmp_path):
+    cfg = compose_config(
+        "train", ["model=r50_fpn", "debug=smoke", *tiny_data_overrides(tiny_shapes)], tmp_path
+    )
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert "val/segm_mAP" in metrics
