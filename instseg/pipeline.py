@@ -38,8 +38,8 @@ class RecordRun(pl.Callback):
             "config": self.config,
             "categories": {"ids": list(self.categories.category_ids),
                            "names": list(self.categories.names)},
-            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()
-                        if k.startswith("val/")},
+            # The evaluator's float64 numbers, not the logger's float32 copies.
+            "metrics": {f"val/{k}": v for k, v in getattr(pl_module, "last_metrics", {}).items()},
         }
 
 
