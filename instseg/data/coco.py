@@ -65,7 +65,9 @@ class CocoInstances(Dataset):
         annotation_file: str | Path,
         train: bool,
         transforms: Callable | None = None,
+        coco: COCO | None = None,
     ) -> None:
+        """`coco`: the already loaded `annotation_file`, to share one copy with an evaluator."""
         self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
         if not self.image_dir.is_dir():
@@ -73,7 +75,7 @@ class CocoInstances(Dataset):
                 f"image directory not found: {self.image_dir} (expected the images named by "
                 f"'file_name' in {self.annotation_file})"
             )
-        self.coco = load_coco(annotation_file)
+        self.coco = coco if coco is not None else load_coco(annotation_file)
         self.categories = CategoryMap.from_coco_categories(self.coco.dataset["categories"])
         self.train = train
         self.transforms = transforms

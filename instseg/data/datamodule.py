@@ -91,9 +91,8 @@ class CocoDataModule(pl.LightningDataModule):
         if self.val_set is None:
             self.val_set = CocoInstances(
                 self.paths["val_images"], self.paths["val_annotations"], train=False,
-                transforms=self.val_transforms,
+                transforms=self.val_transforms, coco=self.val_coco,
             )
-            self.val_set.coco = self.val_coco  # one copy of the ground truth
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, shuffle=True)

@@ -45,9 +45,9 @@ class MaskRCNNModule(pl.LightningModule):
         targets = [{k: v for k, v in t.items() if k != "image_id"} for t in targets]
         losses = self.net(images, targets)
         loss = sum(losses.values())
-        logged = {f"train/{name}": value for name, value in losses.items()} | {"train/loss": loss}
-        self.log_dict(logged, prog_bar=False, batch_size=len(images))
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(images))
+        self.log_dict({f"train/{name}": value for name, value in losses.items()},
+                      batch_size=len(images))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 
     def on_validation_epoch_start(self) -> None:
