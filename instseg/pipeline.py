@@ -17,13 +17,17 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torchvision.models import get_weight
 
 from instseg.data.categories import CategoryMap
+from instseg.models.weights import file_state_dict, load_pretrained, published_state_dict
 from instseg.utils.errors import InstsegError
 
 log = logging.getLogger(__name__)
 CHECKPOINT_KEY = "instseg"
 MONITOR = "val/segm_mAP"
+# Keys of the model config read here rather than passed to the LightningModule.
+PRETRAINED_KEYS = ("weights", "coco_weights")
 
 
 class RecordRun(pl.Callback):
@@ -49,15 +53,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # generates or checks the files before any model is built
+    module = build_module(cfg, datamodule)
     categories = datamodule.categories
-    with open_dict(cfg):
-        cfg.num_classes = categories.num_classes
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
-    log.info("data: %d categories %s", len(categories.names), ", ".join(categories.names))
-
-    module = instantiate(cfg.model)
     config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [*_instantiate_group(cfg.get("callbacks")), RecordRun(config, categories)]
     trainer = instantiate(
@@ -73,6 +73,62 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def build_module(cfg: DictConfig, datamodule) -> pl.LightningModule:
+    """Instantiate cfg.model for the datamodule's categories, starting from cfg.model.weights.
+
+    Pretrained weights keep their own label space (e.g. torchvision's 91 COCO outputs) when it
+    includes every dataset category; otherwise the model gets the dataset's categories and
+    the class-dependent predictor layers start fresh.
+    """
+    state, source, pretrained_categories = _pretrained(cfg.model)
+    if pretrained_categories is not None and pretrained_categories.covers(
+        datamodule.dataset_categories
+    ):
+        datamodule.use_label_space(pretrained_categories)
+    categories = datamodule.categories
+    log.info("model label space: %d categories (%s)", len(categories.names),
+             ", ".join(categories.names[:10]) + (", ..." if len(categories.names) > 10 else ""))
+    with open_dict(cfg):
+        cfg.num_classes = categories.num_classes
+    module = instantiate_module(cfg)
+    if state is not None:
+        load_pretrained(module.net, state, source)
+    return module
+
+
+def instantiate_module(cfg: DictConfig) -> pl.LightningModule:
+    """cfg.model without the keys that only the pipeline reads (resolved against the root)."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    return instantiate({k: v for k, v in model.items() if k not in PRETRAINED_KEYS})
+
+
+def _pretrained(model_cfg: DictConfig) -> tuple[dict | None, str, CategoryMap | None]:
+    """(state dict, its name, its label space) of model.weights: null, "coco" or a file."""
+    spec = model_cfg.get("weights")
+    if not spec:
+        return None, "", None
+    if spec == "coco":
+        if not model_cfg.get("coco_weights"):
+            raise InstsegError("this model has no published COCO weights (model.coco_weights)")
+        enum = get_weight(model_cfg.coco_weights)
+        categories = CategoryMap.from_torchvision(enum.meta["categories"])
+        return published_state_dict(enum), str(enum), categories
+    state = file_state_dict(spec)
+    record = _run_record(spec)
+    categories = None
+    if record is not None:
+        ids, names = record["categories"]["ids"], record["categories"]["names"]
+        categories = CategoryMap(tuple(ids), tuple(names))
+    return state, str(spec), categories
+
+
+def _run_record(path: str) -> dict | None:
+    try:
+        return load_checkpoint(path)[0]
+    except InstsegError:
+        return None  # a plain state dict or a torchvision file: no recorded categories
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """COCO-evaluate checkpoint `cfg.ckpt` on its recorded validation data (or `cfg.data`)."""
     record, state_dict = load_checkpoint(cfg.ckpt)
@@ -85,13 +141,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             cfg.data = recorded.data
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
-    expected = CategoryMap(tuple(record["categories"]["ids"]), tuple(record["categories"]["names"]))
-    if datamodule.categories != expected:
-        raise InstsegError(
-            f"{cfg.ckpt} was trained on categories {list(expected.names)}, but the evaluation "
-            f"data has {list(datamodule.categories.names)}"
-        )
-    module = instantiate(cfg.model)
+    datamodule.use_label_space(
+        CategoryMap(tuple(record["categories"]["ids"]), tuple(record["categories"]["names"]))
+    )
+    module = instantiate_module(cfg)
     module.load_state_dict(state_dict)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[pl.callbacks.RichProgressBar()])
     trainer.validate(module, datamodule=datamodule)

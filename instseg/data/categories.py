@@ -3,6 +3,11 @@
 Inside the model, labels are contiguous: 0 is background and the dataset's categories,
 sorted by COCO category id, are 1..K. At the edges (annotation files, results json,
 reports) only COCO category ids appear. `CategoryMap` converts in both directions.
+
+torchvision's COCO weights are the exception that the same map covers: they predict raw COCO
+ids (91 outputs with background and "N/A" gaps), i.e. label i is category id i
+(`CategoryMap.from_torchvision`). A model keeps such a label space when the dataset's
+categories are a subset of it (`covers`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,17 @@ class CategoryMap:
     def from_coco_categories(cls, categories: Sequence[dict]) -> CategoryMap:
         ordered = sorted(categories, key=lambda c: c["id"])
         return cls(tuple(int(c["id"]) for c in ordered), tuple(str(c["name"]) for c in ordered))
+
+    @classmethod
+    def from_torchvision(cls, names: Sequence[str]) -> CategoryMap:
+        """The label space of torchvision weights whose meta["categories"] is `names`
+        (index = label = COCO category id; index 0 is background)."""
+        return cls(tuple(range(1, len(names))), tuple(names[1:]))
+
+    def covers(self, other: CategoryMap) -> bool:
+        """Whether every (id, name) category of `other` is one of ours."""
+        ours = set(zip(self.category_ids, self.names, strict=True))
+        return set(zip(other.category_ids, other.names, strict=True)) <= ours
 
     @property
     def num_classes(self) -> int:

@@ -66,8 +66,10 @@ class CocoInstances(Dataset):
         train: bool,
         transforms: Callable | None = None,
         coco: COCO | None = None,
+        categories: CategoryMap | None = None,
     ) -> None:
-        """`coco`: the already loaded `annotation_file`, to share one copy with an evaluator."""
+        """`coco`: the already loaded `annotation_file`, to share one copy with an evaluator;
+        `categories`: the model's label space (default: the json's categories)."""
         self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
         if not self.image_dir.is_dir():
@@ -76,7 +78,9 @@ class CocoInstances(Dataset):
                 f"'file_name' in {self.annotation_file})"
             )
         self.coco = coco if coco is not None else load_coco(annotation_file)
-        self.categories = CategoryMap.from_coco_categories(self.coco.dataset["categories"])
+        self.categories = categories or CategoryMap.from_coco_categories(
+            self.coco.dataset["categories"]
+        )
         self.train = train
         self.transforms = transforms
         self.annotations = self._usable_annotations() if train else {}

@@ -2,7 +2,8 @@
 
 Batches are `(images, targets)` lists as torchvision detection models take them (see
 `instseg.data.coco`). The validation split's annotation file is the evaluation ground truth:
-`val_coco` exposes it, `categories` maps contiguous labels to its category ids.
+`val_coco` exposes it. `dataset_categories` are the json's categories; `categories` is the
+model's label space, the same unless `use_label_space` set a wider one (pretrained weights).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class CocoDataModule(pl.LightningDataModule):
         self.train_transforms = train_transforms or detection_transforms(hflip_prob=0.5)
         self.val_transforms = val_transforms or detection_transforms()
         self.pin_memory = pin_memory
+        self.label_space: CategoryMap | None = None
         self.train_set: CocoInstances | None = None
         self.val_set: CocoInstances | None = None
 
@@ -69,9 +71,23 @@ class CocoDataModule(pl.LightningDataModule):
             raise InstsegError("dataset files not found:\n" + "\n".join(missing))
 
     @cached_property
-    def categories(self) -> CategoryMap:
+    def dataset_categories(self) -> CategoryMap:
         """Categories of the validation json (the training json must list the same)."""
         return CategoryMap.from_coco_categories(self.val_coco.dataset["categories"])
+
+    @property
+    def categories(self) -> CategoryMap:
+        """The model's label space: targets are labelled and predictions mapped with it."""
+        return self.label_space or self.dataset_categories
+
+    def use_label_space(self, categories: CategoryMap) -> None:
+        """Label targets with `categories`, which must include every dataset category."""
+        if not categories.covers(self.dataset_categories):
+            raise InstsegError(
+                f"the model's categories {list(categories.names)} do not include all of "
+                f"{self.paths['val_annotations']}'s {list(self.dataset_categories.names)}"
+            )
+        self.label_space = categories
 
     @cached_property
     def val_coco(self) -> COCO:
@@ -81,9 +97,10 @@ class CocoDataModule(pl.LightningDataModule):
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = CocoInstances(
                 self.paths["train_images"], self.paths["train_annotations"], train=True,
-                transforms=self.train_transforms,
+                transforms=self.train_transforms, categories=self.categories,
             )
-            if self.train_set.categories != self.categories:
+            train_categories = self.train_set.coco.dataset["categories"]
+            if CategoryMap.from_coco_categories(train_categories) != self.dataset_categories:
                 raise InstsegError(
                     f"{self.paths['train_annotations']} and {self.paths['val_annotations']} list "
                     "different categories; both splits need the same 'categories'"
@@ -91,7 +108,7 @@ class CocoDataModule(pl.LightningDataModule):
         if self.val_set is None:
             self.val_set = CocoInstances(
                 self.paths["val_images"], self.paths["val_annotations"], train=False,
-                transforms=self.val_transforms, coco=self.val_coco,
+                transforms=self.val_transforms, coco=self.val_coco, categories=self.categories,
             )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,94 @@
+"""The model configs: torchvision equivalence, one training step each, parts overridable."""
+
+import pytest
+import torch
+from omegaconf import open_dict
+from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from instseg.pipeline import instantiate_module
+from tests.conftest import CONFIG_DIR, compose_config
+
+MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+HEAVY = {"r101_fpn", "x101_32x8d_fpn"}
+
+
+def build(tmp_path, model: str, num_classes: int, *overrides: str):
+    cfg = compose_config("train", [f"model={model}", *overrides], tmp_path)
+    with open_dict(cfg):
+        cfg.num_classes = num_classes
+    return instantiate_module(cfg).net
+
+
+@pytest.mark.parametrize(("model", "reference"), [("r50_fpn", maskrcnn_resnet50_fpn),
+                                                  ("r50_fpn_v2", maskrcnn_resnet50_fpn_v2)])
+def test_equals_torchvision_builder(model, reference, tmp_path):
+    ours = build(tmp_path, model, 91)
+    theirs = reference(weights=None, weights_backbone=None)
+    ours_state, their_state = ours.state_dict(), theirs.state_dict()
+    assert list(ours_state) == list(their_state)
+    assert all(ours_state[k].shape == their_state[k].shape for k in their_state)
+
+    ours.load_state_dict(their_state, strict=True)
+    ours.eval()
+    theirs.eval()
+    image = torch.rand(3, 220, 260, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        (mine,), (reference_output,) = ours([image]), theirs([image])
+    assert len(mine["boxes"]) > 0
+    for key in ("boxes", "labels", "scores", "masks"):
+        assert torch.equal(mine[key], reference_output[key]), key
+
+
+def _one_step_and_predict(net, size: int = 128) -> dict:
+    image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(1))
+    masks = torch.zeros(2, size, size, dtype=torch.uint8)
+    masks[0, 10:60, 20:70] = 1
+    masks[1, 70:120, 60:110] = 1
+    target = {"boxes": torch.tensor([[20.0, 10, 70, 60], [60, 70, 110, 120]]),
+              "labels": torch.tensor([1, 2]), "masks": masks}
+    net.train()
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-3)
+    losses = net([image], [target])
+    loss = sum(losses.values())
+    assert torch.isfinite(loss)
+    loss.backward()
+    optimizer.step()
+    net.eval()
+    with torch.no_grad():
+        return net([image])[0]
+
+
+@pytest.mark.parametrize(
+    "model", [pytest.param(m, marks=pytest.mark.slow) if m in HEAVY else m for m in MODELS]
+)
+def test_every_model_trains_a_step_and_predicts(model, tmp_path):
+    net = build(tmp_path, model, 3, "model.net.min_size=128", "model.net.max_size=128")
+    output = _one_step_and_predict(net)
+    assert set(output) == {"boxes", "labels", "scores", "masks"}
+    assert output["masks"].shape[1:] == (1, 128, 128)
+    assert net.roi_heads.box_predictor.cls_score.out_features == 3
+    assert net.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
+
+
+def test_command_line_overrides_reach_the_parts(tmp_path):
+    net = build(
+        tmp_path, "r50_fpn", 5,
+        "model.net.rpn_anchor_generator.sizes=[[16],[32],[64],[128],[256]]",
+        "model.net.box_detections_per_img=7", "model.net.rpn_post_nms_top_n_test=500",
+        "model.net.backbone.norm=frozen_bn", "model.net.backbone.trainable_layers=2",
+        "model.net.min_size=600",
+    )
+    assert [list(s) for s in net.rpn.anchor_generator.sizes] == [[16], [32], [64], [128], [256]]
+    assert net.roi_heads.detections_per_img == 7
+    assert net.rpn._post_nms_top_n["testing"] == 500
+    assert net.transform.min_size == (600,)
+    assert isinstance(net.backbone.body.bn1, FrozenBatchNorm2d)
+    body = net.backbone.body
+    trainable = {name.split(".")[0] for name, p in body.named_parameters() if p.requires_grad}
+    assert trainable == {"layer3", "layer4"}
+
+
+def test_group_norm_backbone(tmp_path):
+    net = build(tmp_path, "r50_fpn", 3, "model.net.backbone.norm=gn")
+    assert isinstance(net.backbone.body.layer1[0].bn1, torch.nn.GroupNorm)
