@@ -130,7 +130,38 @@ def _run_record(path: str) -> dict | None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """COCO-evaluate checkpoint `cfg.ckpt` on its recorded validation data (or `cfg.data`)."""
+    """COCO-evaluate checkpoint `cfg.ckpt` on its recorded validation data (or `cfg.data`),
+    or, without a checkpoint, `cfg.model` (with `model.weights`) on `cfg.data`."""
+    record: dict = {}
+    if cfg.get("ckpt"):
+        datamodule, module, record = _from_checkpoint(cfg)
+    elif cfg.get("model") is not None and cfg.get("data") is not None:
+        with open_dict(cfg):
+            cfg.model.eval_backend = cfg.eval.backend
+        datamodule = instantiate(cfg.data)
+        datamodule.prepare_data()
+        module = build_module(cfg, datamodule)
+    else:
+        raise InstsegError("evaluate needs ckpt=PATH, or model=... (with model.weights=...) "
+                           "and data=...")
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[pl.callbacks.RichProgressBar()])
+    trainer.validate(module, datamodule=datamodule)
+
+    metrics = {f"val/{k}": v for k, v in module.last_metrics.items()}
+    logged = record.get("metrics", {})
+    report = {"checkpoint": cfg.get("ckpt"), "weights": cfg.model.get("weights"),
+              "metrics": metrics, "logged_in_training": logged}
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    note = f" (training logged {logged[MONITOR]:.4f} for this checkpoint)" if logged else ""
+    print(f"{MONITOR} = {metrics[MONITOR]:.4f}{note}")
+    print(f"metrics written to {output_dir / 'metrics.json'}")
+    return metrics
+
+
+def _from_checkpoint(cfg: DictConfig):
+    """Datamodule and module rebuilt from the config recorded in cfg.ckpt (or cfg.data)."""
     record, state_dict = load_checkpoint(cfg.ckpt)
     recorded = OmegaConf.create(record["config"])
     with open_dict(cfg):
@@ -146,20 +177,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     )
     module = instantiate_module(cfg)
     module.load_state_dict(state_dict)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[pl.callbacks.RichProgressBar()])
-    trainer.validate(module, datamodule=datamodule)
-
-    metrics = {f"val/{k}": v for k, v in module.last_metrics.items()}
-    report = {"checkpoint": str(cfg.ckpt), "metrics": metrics,
-              "logged_in_training": record.get("metrics", {})}
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-    logged = record.get("metrics", {}).get(MONITOR)
-    print(f"{MONITOR} = {metrics[MONITOR]:.4f}"
-          + (f" (training logged {logged:.4f} for this checkpoint)" if logged is not None else ""))
-    print(f"metrics written to {output_dir / 'metrics.json'}")
-    return metrics
+    return datamodule, module, record
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict]:

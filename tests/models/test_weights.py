@@ -131,3 +131,32 @@ def test_offline_coco_weights_stop_with_one_clear_message(tmp_path, monkeypatch)
     assert weights.url in message
     expected_file = tmp_path / "empty_cache" / "hub" / "checkpoints" / weights.url.split("/")[-1]
     assert str(expected_file) in message
+
+
+def test_offline_imagenet_backbone_weights_stop_with_one_clear_message(tmp_path, monkeypatch):
+    from instseg.models.backbones import resnet_fpn
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
+    with pytest.raises(InstsegError, match=r"resnet18-.*\.pth"):
+        resnet_fpn(arch="resnet18", weights="IMAGENET1K_V1")
+
+
+def test_evaluate_from_weights_equals_evaluate_from_checkpoint(
+    shapes_checkpoint, tiny_shapes, tmp_path
+):
+    from instseg.pipeline import evaluate
+
+    from_checkpoint = evaluate(compose_config(
+        "evaluate", [f"ckpt={shapes_checkpoint}"], tmp_path / "ckpt"))
+    overrides = ["model=small_cpu", f"model.weights={shapes_checkpoint}",
+                 "model.net.min_size=96", "model.net.max_size=96",
+                 "data=shapes", *tiny_data_overrides(tiny_shapes)]
+    from_weights = evaluate(compose_config("evaluate", overrides, tmp_path / "weights"))
+    assert from_weights == from_checkpoint
+
+
+def test_evaluate_without_checkpoint_or_model_says_what_it_needs(tmp_path):
+    from instseg.pipeline import evaluate
+
+    with pytest.raises(InstsegError, match="ckpt=PATH, or model="):
+        evaluate(compose_config("evaluate", [], tmp_path))

@@ -1,0 +1,56 @@
+"""Print the model table of README.md: `python -m instseg.models.zoo`.
+
+Builds every `conf/model/*.yaml` (91 outputs, as COCO weights have) and reports its backbone,
+parameter count, the weights torchvision publishes for it and their COCO val2017 AP.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+from torchvision.models import get_model_weights, get_weight
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def model_rows() -> list[dict[str, str]]:
+    from instseg.pipeline import instantiate_module
+
+    rows = []
+    for path in sorted((CONFIG_DIR / "model").glob("*.yaml")):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            cfg = compose("train", overrides=[f"model={path.stem}"])
+        with open_dict(cfg):
+            cfg.num_classes = 91
+        net = instantiate_module(cfg).net
+        backbone = cfg.model.net.backbone
+        imagenet = [w.name for w in get_model_weights(backbone.arch)]
+        row = {
+            "model": f"`model={path.stem}`",
+            "backbone": f"{backbone.arch}, {backbone.get('out_channels', 256)}-ch FPN",
+            "parameters": f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M",
+            "weights": "ImageNet body: " + ", ".join(imagenet),
+            "published COCO AP (box / mask)": "-",
+        }
+        if cfg.model.get("coco_weights"):
+            enum = get_weight(cfg.model.coco_weights)
+            metrics = enum.meta["_metrics"]["COCO-val2017"]
+            row["weights"] = f"COCO: `model.weights=coco` ({enum}); " + row["weights"]
+            row["published COCO AP (box / mask)"] = f"{metrics['box_map']} / {metrics['mask_map']}"
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    rows = model_rows()
+    header = list(rows[0])
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row[k] for k in header) + " |")
+
+
+if __name__ == "__main__":
+    main()
