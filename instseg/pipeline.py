@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.models import get_weight
 
 from instseg.data.categories import CategoryMap
+from instseg.evaluation.coco import CocoEvaluator
 from instseg.models.weights import file_state_dict, load_pretrained, published_state_dict
 from instseg.utils.errors import InstsegError
 
@@ -132,6 +134,8 @@ def _run_record(path: str) -> dict | None:
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """COCO-evaluate checkpoint `cfg.ckpt` on its recorded validation data (or `cfg.data`),
     or, without a checkpoint, `cfg.model` (with `model.weights`) on `cfg.data`."""
+    if cfg.get("predictions"):
+        return _score_predictions(cfg)
     record: dict = {}
     if cfg.get("ckpt"):
         datamodule, module, record = _from_checkpoint(cfg)
@@ -149,15 +153,55 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     metrics = {f"val/{k}": v for k, v in module.last_metrics.items()}
     logged = record.get("metrics", {})
-    report = {"checkpoint": cfg.get("ckpt"), "weights": cfg.model.get("weights"),
-              "metrics": metrics, "logged_in_training": logged}
+    if trainer.is_global_zero:
+        _write_report(cfg, module.evaluator, metrics,
+                      {"checkpoint": cfg.get("ckpt"), "weights": cfg.model.get("weights"),
+                       "logged_in_training": logged})
+        note = f" (training logged {logged[MONITOR]:.4f} for this checkpoint)" if logged else ""
+        print(f"{MONITOR} = {metrics[MONITOR]:.4f}{note}")
+    return metrics
+
+
+def _score_predictions(cfg: DictConfig) -> dict[str, float]:
+    """Score a COCO results file against the data config's validation ground truth."""
+    if cfg.get("data") is None:
+        raise InstsegError("predictions=FILE needs data=... for the ground truth")
+    path = Path(cfg.predictions)
+    if not path.is_file():
+        raise InstsegError(f"predictions file not found: {path}")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise InstsegError(f"{path}: not a json file ({error})") from error
+    if not isinstance(results, list):
+        raise InstsegError(f"{path}: expected a COCO results list of detections")
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    gt = datamodule.val_coco
+    evaluator = CocoEvaluator(gt, datamodule.categories, backend=cfg.eval.backend)
+    image_ids = sorted(gt.imgs)
+    scored, evaluator.category_ap, _ = evaluator.score(image_ids, results)
+    evaluator.results = results
+    metrics = {f"val/{k}": v for k, v in scored.items()}
+    _write_report(cfg, evaluator, metrics, {"predictions": str(path)})
+    print(f"{MONITOR} = {metrics[MONITOR]:.4f}")
+    return metrics
+
+
+def _write_report(cfg: DictConfig, evaluator: CocoEvaluator, metrics: dict, about: dict) -> None:
+    """metrics.json (12 stats per task, AP per category) and the predictions in COCO results
+    format, coco_instances_results.json (RLE masks), in the run directory."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    per_category = {  # NaN (no ground truth) is not json: null
+        task: {name: None if math.isnan(ap) else ap for name, ap in aps.items()}
+        for task, aps in evaluator.category_ap.items()
+    }
+    report = about | {"metrics": metrics, "ap_per_category": per_category}
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-    note = f" (training logged {logged[MONITOR]:.4f} for this checkpoint)" if logged else ""
-    print(f"{MONITOR} = {metrics[MONITOR]:.4f}{note}")
-    print(f"metrics written to {output_dir / 'metrics.json'}")
-    return metrics
+    if "predictions" not in about:
+        (output_dir / "coco_instances_results.json").write_text(json.dumps(evaluator.results))
+    print(f"metrics and predictions written to {output_dir}")
 
 
 def _from_checkpoint(cfg: DictConfig):

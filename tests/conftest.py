@@ -14,7 +14,7 @@ CONFIG_DIR = ROOT / "conf"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # A handful of 96 px images: enough for every code path, seconds to train on.
-TINY_SHAPES = dict(num_train=12, num_val=6, image_size=96, max_objects=3, seed=1)
+TINY_SHAPES = dict(num_train=12, num_val=7, image_size=96, max_objects=3, seed=1)
 
 
 def shared_data(*parts: str) -> Path:

@@ -97,3 +97,51 @@ def test_r50_fpn_smoke_run(tiny_shapes, tmp_path):
     metrics = train(cfg)
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
     assert "val/segm_mAP" in metrics
+
+
+def test_evaluate_writes_results_and_predictions_mode_rescores_them(
+    trained_run, tiny_shapes, tmp_path
+):
+    output_dir, _ = trained_run
+    best = next((output_dir / "checkpoints").glob("best-*.ckpt"))
+    first = evaluate(compose_config("evaluate", [f"ckpt={best}"], tmp_path / "model"))
+    results_file = tmp_path / "model" / "coco_instances_results.json"
+    results = json.loads(results_file.read_text())
+    assert results and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(
+        results[0])
+    assert isinstance(results[0]["segmentation"]["counts"], str)  # compressed RLE
+    report = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert set(report["ap_per_category"]["segm"]) == {"circle", "rectangle", "triangle", "star"}
+
+    rescored = evaluate(compose_config(
+        "evaluate", [f"predictions={results_file}", "data=shapes",
+                     *tiny_data_overrides(tiny_shapes)], tmp_path / "rescore"))
+    assert rescored == first
+
+
+def test_validation_logs_per_category_ap_and_precision_recall_figure(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output_dir, _ = trained_run
+    events = EventAccumulator(str(output_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert "val/segm_AP/circle" in events.Tags()["scalars"]
+    assert "val/precision_recall" in events.Tags()["images"]
+
+
+@pytest.mark.slow
+def test_ddp_evaluation_on_two_processes_equals_one(trained_run, tiny_shapes, tmp_path):
+    """2 gloo processes on 7 images (the sampler pads one): every image counted once."""
+    output_dir, _ = trained_run
+    best = next((output_dir / "checkpoints").glob("best-*.ckpt"))
+    data = ["data=shapes", *tiny_data_overrides(tiny_shapes), "data.val_batch_size=1"]
+    runs = {}
+    for name, trainer in [("single", ["trainer.accelerator=cpu"]),
+                          ("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"])]:
+        run = _run("evaluate.py", f"ckpt={best}", *data, *trainer,
+                   f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "COCO segm (7 images," in run.stdout  # the padded duplicate is not counted
+        if name == "ddp":
+            assert "Starting with 2 processes" in run.stdout + run.stderr
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
+    assert runs["ddp"] == runs["single"]

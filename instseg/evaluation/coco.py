@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -72,6 +73,31 @@ def coco_stats(
     `results` are treated exactly as `COCO.loadRes` treats them (a record's `bbox`, if present,
     sets its area, also for segm). `image_ids` restricts evaluation (default: all gt images).
     """
+    evaluator = run_cocoeval(coco_gt, results, iou_type, backend, image_ids, verbose)
+    return np.asarray(evaluator.stats[:12], dtype=np.float64)
+
+
+def per_category_ap(evaluator) -> dict[int, float]:
+    """AP@[.5:.95] (all areas, 100 detections) per category id of an accumulated COCOeval;
+    NaN for a category without ground truth."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # [IoU, recall, category]
+    result = {}
+    for index, category_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, index]
+        values = values[values > -1]
+        result[int(category_id)] = float(values.mean()) if values.size else float("nan")
+    return result
+
+
+def run_cocoeval(
+    coco_gt: COCO,
+    results: Sequence[dict],
+    iou_type: str,
+    backend: str = "faster_coco_eval",
+    image_ids: Iterable[int] | None = None,
+    verbose: bool = True,
+):
+    """The accumulated and summarised COCOeval object of `coco_stats` (see there)."""
     if backend not in BACKENDS:
         raise ValueError(f"eval backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "pycocotools":
@@ -90,7 +116,33 @@ def coco_stats(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return np.asarray(evaluator.stats[:12], dtype=np.float64)
+    return evaluator
+
+
+def _mean_precision_curves(evaluator) -> np.ndarray:
+    """Precision at the 101 recall points, averaged over categories with ground truth:
+    [IoU thresholds, 101] (NaN where no category has ground truth)."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # [IoU, recall, category]
+    valid = np.where(precision > -1, precision, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: no ground truth
+        return np.nanmean(valid, axis=2)
+
+
+def print_category_table(category_ap: dict[str, dict[str, float]]) -> None:
+    """AP@[.5:.95] per category and task, as a table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="AP per category")
+    table.add_column("category")
+    for iou_type in category_ap:
+        table.add_column(f"{iou_type} AP", justify="right")
+    names = next(iter(category_ap.values()), {})
+    for name in names:
+        cells = [category_ap[t][name] for t in category_ap]
+        table.add_row(name, *("-" if np.isnan(v) else f"{v:.3f}" for v in cells))
+    Console(width=100).print(table)
 
 
 def _as_backend(coco_gt: COCO, cls):
@@ -134,6 +186,10 @@ class CocoEvaluator:
     def reset(self) -> None:
         self.image_ids: list[int] = []
         self.records: list[dict] = []
+        # Filled by evaluate() (on every rank): all ranks' records, per-category AP, PR curves.
+        self.results: list[dict] = []
+        self.category_ap: dict[str, dict[str, float]] = {}
+        self.pr_curves: dict[str, np.ndarray] = {}
 
     def process(self, image_ids: Sequence[int], outputs: Sequence[dict]) -> None:
         for image_id, output in zip(image_ids, outputs, strict=True):
@@ -142,18 +198,22 @@ class CocoEvaluator:
 
     def evaluate(self) -> dict[str, float]:
         """Flat metrics `{iou_type}_{stat}` over every image processed on any rank."""
-        image_ids, records = self._gather()
-        metrics = None
+        image_ids, self.results = self._gather()
+        computed = None
         if not dist.is_initialized() or dist.get_rank() == 0:
-            metrics = self._compute(image_ids, records)
+            computed = self.score(image_ids, self.results)
         if dist.is_initialized():
-            box = [metrics]
+            box = [computed]
             dist.broadcast_object_list(box, src=0)
-            metrics = box[0]
+            computed = box[0]
+        metrics, self.category_ap, self.pr_curves = computed
         return metrics
 
-    def _compute(self, image_ids: Sequence[int], records: Sequence[dict]) -> dict[str, float]:
+    def score(self, image_ids: Sequence[int], records: Sequence[dict]):
+        """(flat metrics, {iou_type: {category name: AP}}, {iou_type: PR curve [IoU, 101]})."""
         metrics: dict[str, float] = {}
+        category_ap: dict[str, dict[str, float]] = {}
+        pr_curves: dict[str, np.ndarray] = {}
         for iou_type in self.iou_types:
             if self.verbose:
                 print(f"COCO {iou_type} ({len(image_ids)} images, {len(records)} detections):")
@@ -162,10 +222,19 @@ class CocoEvaluator:
             typed = records if iou_type == "bbox" else [
                 {k: v for k, v in r.items() if k != "bbox"} for r in records
             ]
-            stats = coco_stats(self.coco_gt, typed, iou_type, self.backend, image_ids, self.verbose)
-            for name, value in zip(STAT_NAMES, stats, strict=True):
+            evaluator = run_cocoeval(
+                self.coco_gt, typed, iou_type, self.backend, image_ids, self.verbose
+            )
+            for name, value in zip(STAT_NAMES, evaluator.stats[:12], strict=True):
                 metrics[f"{iou_type}_{name}"] = float(value)
-        return metrics
+            names = {c["id"]: c["name"] for c in self.coco_gt.dataset["categories"]}
+            category_ap[iou_type] = {
+                names[c]: ap for c, ap in per_category_ap(evaluator).items()
+            }
+            pr_curves[iou_type] = _mean_precision_curves(evaluator)
+        if self.verbose:
+            print_category_table(category_ap)
+        return metrics, category_ap, pr_curves
 
     def _gather(self) -> tuple[list[int], list[dict]]:
         if not dist.is_initialized():

@@ -9,6 +9,7 @@ sum as `train/loss`. Validation is COCO mAP, not a loss: predictions are scored 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytorch_lightning as pl
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from instseg.evaluation.coco import CocoEvaluator
+from instseg.evaluation.plots import precision_recall_figure
 
 
 class MaskRCNNModule(pl.LightningModule):
@@ -68,7 +70,19 @@ class MaskRCNNModule(pl.LightningModule):
         self.last_metrics = self.evaluator.evaluate()
         # Every rank holds the same numbers (rank 0 computed them), so no reduction is needed.
         self.log_dict({f"val/{k}": v for k, v in self.last_metrics.items()}, sync_dist=False)
-        self.evaluator = None
+        per_category = {
+            f"val/{task}_AP/{name}": ap
+            for task, aps in self.evaluator.category_ap.items() for name, ap in aps.items()
+            if not math.isnan(ap)  # categories without ground truth have no AP
+        }
+        self.log_dict(per_category, sync_dist=False)
+        self._log_precision_recall()
+
+    def _log_precision_recall(self) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if self.trainer.is_global_zero and hasattr(experiment, "add_figure"):
+            figure = precision_recall_figure(self.evaluator.pr_curves)
+            experiment.add_figure("val/precision_recall", figure, global_step=self.global_step)
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]
