@@ -15,14 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.models import get_weight
 
 from instseg.data.categories import CategoryMap
 from instseg.evaluation.coco import CocoEvaluator
-from instseg.models.weights import file_state_dict, load_pretrained, published_state_dict
+from instseg.models.weights import (
+    load_pretrained,
+    published_state_dict,
+    read_torch_file,
+    state_dict_of,
+)
 from instseg.utils.errors import InstsegError
 
 log = logging.getLogger(__name__)
@@ -115,20 +119,12 @@ def _pretrained(model_cfg: DictConfig) -> tuple[dict | None, str, CategoryMap | 
         enum = get_weight(model_cfg.coco_weights)
         categories = CategoryMap.from_torchvision(enum.meta["categories"])
         return published_state_dict(enum), str(enum), categories
-    state = file_state_dict(spec)
-    record = _run_record(spec)
+    content = read_torch_file(spec)
     categories = None
-    if record is not None:
-        ids, names = record["categories"]["ids"], record["categories"]["names"]
-        categories = CategoryMap(tuple(ids), tuple(names))
-    return state, str(spec), categories
-
-
-def _run_record(path: str) -> dict | None:
-    try:
-        return load_checkpoint(path)[0]
-    except InstsegError:
-        return None  # a plain state dict or a torchvision file: no recorded categories
+    if isinstance(content, dict) and CHECKPOINT_KEY in content:  # else no recorded categories
+        recorded = content[CHECKPOINT_KEY]["categories"]
+        categories = CategoryMap(tuple(recorded["ids"]), tuple(recorded["names"]))
+    return state_dict_of(content, spec), str(spec), categories
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -226,14 +222,8 @@ def _from_checkpoint(cfg: DictConfig):
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
     """The run record and model state dict of a checkpoint written by `train`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InstsegError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise InstsegError(f"{path}: cannot load checkpoint ({error})") from error
-    if CHECKPOINT_KEY not in checkpoint:
+    checkpoint = read_torch_file(path, "checkpoint")
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise InstsegError(f"{path}: not a checkpoint written by instseg's train (no run record)")
     return checkpoint[CHECKPOINT_KEY], checkpoint["state_dict"]
 

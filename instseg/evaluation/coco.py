@@ -4,7 +4,9 @@ Contract (detectron2's evaluator shape):
     evaluator = CocoEvaluator(coco_gt, categories)
     evaluator.process(image_ids, outputs)   # per batch; outputs are torchvision detection dicts:
                                             # boxes XYXY float [N, 4], labels int64 contiguous,
-                                            # scores [N], masks float [N, 1, H, W] in image pixels
+                                            # scores [N], masks float [N, 1, H, W] in image
+                                            # pixels, or mask_probs [N, 1, M, M] + image_size
+                                            # (instseg.models.inference.predict_unpasted)
     metrics = evaluator.evaluate()          # {"segm_mAP": ..., "bbox_mAP50": ..., ...}
 
 Masks are thresholded at 0.5 and RLE-encoded as they arrive, so only compact records are
@@ -17,7 +19,6 @@ the 12 standard stats, with pycocotools or faster-coco-eval (same numbers, faste
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import warnings
 from collections.abc import Iterable, Sequence
@@ -29,6 +30,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from instseg.data.categories import CategoryMap
+from instseg.evaluation.paste import paste_masks_to_rles
 
 IOU_TYPES = ("bbox", "segm")
 STAT_NAMES = (
@@ -52,11 +54,17 @@ def detections_to_records(
         {"image_id": int(image_id), "category_id": c, "bbox": b, "score": s}
         for c, b, s in zip(category_ids, xywh, scores, strict=True)
     ]
-    if "masks" in output:
+    if "mask_probs" in output:  # unpasted [N, 1, 28, 28]: paste straight into RLE
+        rles = paste_masks_to_rles(output["mask_probs"].detach().float().cpu(), boxes,
+                                   output["image_size"], mask_threshold)
+    elif "masks" in output:  # full-resolution [N, 1, H, W]
         binary = (output["masks"][:, 0] > mask_threshold).cpu().numpy().astype(np.uint8)
-        rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
-        for record, rle in zip(records, rles, strict=True):
-            record["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        rles = [{"size": r["size"], "counts": r["counts"].decode("ascii")}
+                for r in mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))]
+    else:
+        return records
+    for record, rle in zip(records, rles, strict=True):
+        record["segmentation"] = rle
     return records
 
 
@@ -156,7 +164,8 @@ def _as_backend(coco_gt: COCO, cls):
 def _load_results(gt, results: Sequence[dict]):
     if results:
         with contextlib.redirect_stdout(io.StringIO()):
-            return gt.loadRes(copy.deepcopy(list(results)))
+            # loadRes only adds keys to each record: shallow copies keep the caller's intact.
+            return gt.loadRes([dict(r) for r in results])
     # loadRes cannot take an empty list; no detections is a valid (zero) result.
     empty = type(gt)()
     empty.dataset = {k: gt.dataset[k] for k in ("images", "categories")} | {"annotations": []}
@@ -219,9 +228,8 @@ class CocoEvaluator:
                 print(f"COCO {iou_type} ({len(image_ids)} images, {len(records)} detections):")
             # Mask AP takes each detection's area from its mask (as detectron2 does): a bbox
             # in the record would make loadRes use the box area for the size ranges.
-            typed = records if iou_type == "bbox" else [
-                {k: v for k, v in r.items() if k != "bbox"} for r in records
-            ]
+            unused = "segmentation" if iou_type == "bbox" else "bbox"
+            typed = [{k: v for k, v in r.items() if k != unused} for r in records]
             evaluator = run_cocoeval(
                 self.coco_gt, typed, iou_type, self.backend, image_ids, self.verbose
             )

@@ -1,10 +1,12 @@
 """LightningModule around a built torchvision Mask R-CNN.
 
 Training: the model's loss dict is summed; every term is logged as `train/<term>` and the
-sum as `train/loss`. Validation is COCO mAP, not a loss: predictions are scored by
-`CocoEvaluator` against the datamodule's validation json and logged as `val/segm_mAP`,
-`val/bbox_mAP50`, ... The datamodule must expose `val_coco` (pycocotools COCO) and
-`categories` (CategoryMap), as `instseg.data.CocoDataModule` does.
+sum as `train/loss`. Validation is COCO mAP, not a loss: predictions (masks left at the
+mask head's 28x28, pasted straight into RLE) are scored by `CocoEvaluator` against the
+datamodule's validation json and logged as `val/segm_mAP`, `val/bbox_mAP50`, ...,
+`val/segm_AP/<category>`, with a precision-recall figure for TensorBoard. The datamodule
+must expose `val_coco` (pycocotools COCO) and `categories` (CategoryMap), as
+`instseg.data.CocoDataModule` does.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from instseg.evaluation.coco import CocoEvaluator
 from instseg.evaluation.plots import precision_recall_figure
+from instseg.models.inference import predict_unpasted
 
 
 class MaskRCNNModule(pl.LightningModule):
@@ -61,7 +64,7 @@ class MaskRCNNModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
-        outputs = self.net(images)
+        outputs = predict_unpasted(self.net, images)  # masks pasted into RLE by the evaluator
         self.evaluator.process([t["image_id"] for t in targets], outputs)
 
     def on_validation_epoch_end(self) -> None:

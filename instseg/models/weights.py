@@ -43,16 +43,25 @@ def published_state_dict(weights: WeightsEnum | str) -> dict[str, torch.Tensor]:
         ) from error
 
 
+def read_torch_file(path: str | Path, what: str = "weights"):
+    """`torch.load(path, weights_only=True)` on the CPU, with one clear error per failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise InstsegError(f"{what} file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise InstsegError(f"{path}: cannot load {what} ({error})") from error
+
+
 def file_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A model state dict from an instseg/Lightning checkpoint, a plain state dict or a
     torchvision `.pth`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InstsegError(f"weights file not found: {path}")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise InstsegError(f"{path}: cannot load weights ({error})") from error
+    return state_dict_of(read_torch_file(path), path)
+
+
+def state_dict_of(content, path: str | Path) -> dict[str, torch.Tensor]:
+    """The model state dict inside the loaded `content` of file `path`."""
     if isinstance(content, dict) and "state_dict" in content:  # a Lightning checkpoint
         content = {k.removeprefix("net."): v for k, v in content["state_dict"].items()}
     if isinstance(content, dict) and "model" in content and isinstance(content["model"], dict):
