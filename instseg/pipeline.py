@@ -27,6 +27,7 @@ from instseg.models.weights import (
     read_torch_file,
     state_dict_of,
 )
+from instseg.utils import resolvers  # noqa: F401  (registers ${cwd:} for conf/paths)
 from instseg.utils.errors import InstsegError
 
 log = logging.getLogger(__name__)

@@ -145,3 +145,31 @@ def test_ddp_evaluation_on_two_processes_equals_one(trained_run, tiny_shapes, tm
             assert "Starting with 2 processes" in run.stdout + run.stderr
         runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
     assert runs["ddp"] == runs["single"]
+
+
+@pytest.mark.slow
+def test_sweep_runs_each_job_in_its_own_directory(tiny_shapes, tmp_path):
+    """python train.py -m ...: Hydra resolves the sweep dir before any job (no ${hydra:})."""
+    overrides = [o for o in tiny_train_overrides(tiny_shapes) if "max_epochs" not in o]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", *overrides, "trainer.max_epochs=1",
+         "model.optimizer.lr=0.001,0.002"],
+        cwd=tmp_path, env=os.environ | {"INSTSEG_ROOT": str(tmp_path)},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    for job in ("0", "1"):
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_resume_from_last_checkpoint_continues_the_run(trained_run, tiny_shapes, tmp_path):
+    output_dir, _ = trained_run
+    last = output_dir / "checkpoints" / "last.ckpt"
+    steps_done = torch.load(last, weights_only=True)["global_step"]
+    overrides = [o for o in tiny_train_overrides(tiny_shapes) if "max_epochs" not in o]
+    cfg = compose_config("train", [*overrides, "trainer.max_epochs=3", f"ckpt_path={last}"],
+                         tmp_path)
+    train(cfg)
+    resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == steps_done * 3 // 2  # one more epoch, not three
