@@ -68,21 +68,9 @@ def detections_to_records(
     return records
 
 
-def coco_stats(
-    coco_gt: COCO,
-    results: Sequence[dict],
-    iou_type: str,
-    backend: str = "faster_coco_eval",
-    image_ids: Iterable[int] | None = None,
-    verbose: bool = True,
-) -> np.ndarray:
-    """The 12 COCO stats of `results` against `coco_gt`, as `COCOeval.summarize` prints them.
-
-    `results` are treated exactly as `COCO.loadRes` treats them (a record's `bbox`, if present,
-    sets its area, also for segm). `image_ids` restricts evaluation (default: all gt images).
-    """
-    evaluator = run_cocoeval(coco_gt, results, iou_type, backend, image_ids, verbose)
-    return np.asarray(evaluator.stats[:12], dtype=np.float64)
+def coco_stats(*args, **kwargs) -> np.ndarray:
+    """The 12 COCO stats, as `COCOeval.summarize` prints them, of `run_cocoeval(...)`."""
+    return np.asarray(run_cocoeval(*args, **kwargs).stats[:12], dtype=np.float64)
 
 
 def per_category_ap(evaluator) -> dict[int, float]:
@@ -105,16 +93,17 @@ def run_cocoeval(
     image_ids: Iterable[int] | None = None,
     verbose: bool = True,
 ):
-    """The accumulated and summarised COCOeval object of `coco_stats` (see there)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"eval backend must be one of {BACKENDS}, got {backend!r}")
+    """The accumulated and summarised COCOeval of `results` against `coco_gt`.
+
+    `results` are treated exactly as `COCO.loadRes` treats them (a record's `bbox`, if present,
+    sets its area, also for segm). `image_ids` restricts evaluation (default: all gt images).
+    `coco_gt` may already be the backend's COCO class (`backend_ground_truth`), to index once.
+    """
+    gt = backend_ground_truth(coco_gt, backend)
     if backend == "pycocotools":
         from pycocotools.cocoeval import COCOeval as Evaluator
-        gt = coco_gt
     else:
-        from faster_coco_eval import COCO as FasterCOCO
         from faster_coco_eval import COCOeval_faster as Evaluator
-        gt = _as_backend(coco_gt, FasterCOCO)
     dt = _load_results(gt, results)
     kwargs = {} if backend == "pycocotools" else {"print_function": print}
     with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
@@ -153,8 +142,17 @@ def print_category_table(category_ap: dict[str, dict[str, float]]) -> None:
     Console(width=100).print(table)
 
 
-def _as_backend(coco_gt: COCO, cls):
-    gt = cls()
+def backend_ground_truth(coco_gt: COCO, backend: str):
+    """`coco_gt` as the backend's COCO class (faster-coco-eval indexes its own copy)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"eval backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "pycocotools":
+        return coco_gt
+    from faster_coco_eval import COCO as FasterCOCO
+
+    if isinstance(coco_gt, FasterCOCO):
+        return coco_gt
+    gt = FasterCOCO()
     gt.dataset = coco_gt.dataset
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
@@ -190,6 +188,7 @@ class CocoEvaluator:
         self.backend = backend
         self.iou_types = tuple(iou_types)
         self.verbose = verbose
+        self._backend_gt = backend_ground_truth(coco_gt, backend)  # indexed once, not per task
         self.reset()
 
     def reset(self) -> None:
@@ -231,7 +230,7 @@ class CocoEvaluator:
             unused = "segmentation" if iou_type == "bbox" else "bbox"
             typed = [{k: v for k, v in r.items() if k != unused} for r in records]
             evaluator = run_cocoeval(
-                self.coco_gt, typed, iou_type, self.backend, image_ids, self.verbose
+                self._backend_gt, typed, iou_type, self.backend, image_ids, self.verbose
             )
             for name, value in zip(STAT_NAMES, evaluator.stats[:12], strict=True):
                 metrics[f"{iou_type}_{name}"] = float(value)
