@@ -177,8 +177,10 @@ def _score_predictions(cfg: DictConfig) -> dict[str, float]:
     gt = datamodule.val_coco
     evaluator = CocoEvaluator(gt, datamodule.categories, backend=cfg.eval.backend)
     image_ids = sorted(gt.imgs)
-    scored, evaluator.category_ap, _ = evaluator.score(image_ids, results)
-    evaluator.results = results
+    try:
+        scored, evaluator.category_ap, _ = evaluator.score(image_ids, results)
+    except (KeyError, TypeError, ValueError) as error:
+        raise InstsegError(f"{path}: cannot score these results ({error!r})") from error
     metrics = {f"val/{k}": v for k, v in scored.items()}
     _write_report(cfg, evaluator, metrics, {"predictions": str(path)})
     print(f"{MONITOR} = {metrics[MONITOR]:.4f}")
@@ -197,7 +199,7 @@ def _write_report(cfg: DictConfig, evaluator: CocoEvaluator, metrics: dict, abou
     report = about | {"metrics": metrics, "ap_per_category": per_category}
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     if "predictions" not in about:
-        (output_dir / "coco_instances_results.json").write_text(json.dumps(evaluator.results))
+        evaluator.write_results(output_dir / "coco_instances_results.json")
     print(f"metrics and predictions written to {output_dir}")
 
 

@@ -153,3 +153,8 @@ def collate(batch):
     """Lists of images and targets, as torchvision detection models take them."""
     images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
+
+
+def batch_size(batch) -> int:
+    """Images in a collated batch (for Lightning's ThroughputMonitor)."""
+    return len(batch[0])

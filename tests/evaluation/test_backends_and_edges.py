@@ -8,7 +8,8 @@ from pycocotools import mask as mask_utils
 
 from instseg.data.categories import CategoryMap
 from instseg.data.coco import load_coco
-from instseg.evaluation.coco import CocoEvaluator, coco_stats, per_category_ap, run_cocoeval
+from instseg.evaluation.coco import CocoEvaluator, coco_stats, per_category_ap
+from instseg.evaluation.cocoeval import _plan, run_cocoeval
 from tests.conftest import shared_data
 
 
@@ -104,3 +105,33 @@ def test_every_stat_uses_the_same_image_set_as_pycocotools(hard_case):
     fast = coco_stats(hard_case, results, "bbox", "faster_coco_eval", subset, verbose=False)
     reference = coco_stats(hard_case, results, "bbox", "pycocotools", subset, verbose=False)
     np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_evaluating_in_slices_of_images_equals_one_evaluation(hard_case, backend, iou_type):
+    """Memory-bounded slices of categories and images (~5 detections each) give exactly one
+    COCOeval's numbers."""
+    from instseg.evaluation.detections import records_by_image
+
+    results = [r for r in _perturbed_results(hard_case, seed=3, drop_images={2})
+               if "segmentation" in r]
+    image_ids = sorted(hard_case.imgs)
+    plan = _plan(image_ids, sorted(hard_case.getCatIds()), records_by_image(results), 5)
+    assert len(plan) > 1 and len(plan[0][1]) > 1  # categories and images both split
+    whole, sliced = (
+        run_cocoeval(hard_case, results, iou_type, backend, verbose=False, mask_areas=True,
+                     chunk_detections=chunk)
+        for chunk in (10**9, 5)
+    )
+    np.testing.assert_array_equal(sliced.stats, whole.stats)
+    np.testing.assert_array_equal(sliced.eval["precision"], whole.eval["precision"])
+    np.testing.assert_array_equal(sliced.eval["recall"], whole.eval["recall"])
+    assert 0 < whole.stats[0] < 1
+
+
+def test_results_for_images_outside_the_ground_truth_are_an_error(hard_case):
+    results = _perturbed_results(hard_case, seed=0)[:3]
+    results.append(dict(results[0], image_id=12345))
+    with pytest.raises(ValueError, match="not in the ground truth, e.g. \\[12345\\]"):
+        run_cocoeval(hard_case, results, "bbox", verbose=False)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from instseg.data.coco import CocoInstances, load_coco
-from instseg.evaluation.coco import BACKENDS, CocoEvaluator, coco_stats
+from instseg.evaluation.coco import CocoEvaluator, coco_stats
+from instseg.evaluation.cocoeval import BACKENDS
 from tests.conftest import shared_data
 
 

@@ -32,7 +32,7 @@ def test_rles_equal_torchvision_paste_then_threshold(seed):
 def test_unpasted_prediction_gives_the_records_of_the_plain_model(tmp_path):
     """Model outputs through predict_unpasted + paste_masks_to_rles == net(images) records."""
     from instseg.data.categories import CategoryMap
-    from instseg.evaluation.coco import detections_to_records
+    from instseg.evaluation.detections import detections_to_records
     from instseg.models.inference import predict_unpasted
     from tests.models.test_zoo import build
 
