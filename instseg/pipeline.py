@@ -1,4 +1,5 @@
-"""train(cfg) and evaluate(cfg): instantiate from the config and run; the only code seeing cfg.
+"""train(cfg), evaluate(cfg) and demo(cfg): instantiate from the config and run; the only code
+seeing cfg.
 
 Checkpoints written by `train` carry, under the key "instseg", the resolved config, the
 dataset's categories and the validation metrics logged when they were saved, so that
@@ -20,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.models import get_weight
 
 from instseg.data.categories import CategoryMap
+from instseg.demo.inputs import collect_inputs
+from instseg.demo.predictor import Predictor
 from instseg.evaluation.coco import CocoEvaluator
 from instseg.models.weights import (
     load_pretrained,
@@ -31,6 +34,7 @@ from instseg.utils import resolvers  # noqa: F401  (registers ${cwd:} for conf/p
 from instseg.utils.errors import InstsegError
 
 log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 CHECKPOINT_KEY = "instseg"
 MONITOR = "val/segm_mAP"
 # Keys of the model config read here rather than passed to the LightningModule.
@@ -205,22 +209,44 @@ def _write_report(cfg: DictConfig, evaluator: CocoEvaluator, metrics: dict, abou
 
 def _from_checkpoint(cfg: DictConfig):
     """Datamodule and module rebuilt from the config recorded in cfg.ckpt (or cfg.data)."""
-    record, state_dict = load_checkpoint(cfg.ckpt)
-    recorded = OmegaConf.create(record["config"])
+    module, categories, record = module_from_checkpoint(cfg.ckpt, cfg.eval.backend)
     with open_dict(cfg):
-        cfg.num_classes = recorded.num_classes
-        cfg.model = recorded.model
-        cfg.model.eval_backend = cfg.eval.backend
+        cfg.num_classes = record["config"]["num_classes"]
+        cfg.model = record["config"]["model"]
         if cfg.get("data") is None:
-            cfg.data = recorded.data
+            cfg.data = record["config"]["data"]
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
-    datamodule.use_label_space(
-        CategoryMap(tuple(record["categories"]["ids"]), tuple(record["categories"]["names"]))
-    )
+    datamodule.use_label_space(categories)
+    return datamodule, module, record
+
+
+def module_from_checkpoint(path: str | Path, eval_backend: str | None = None):
+    """(LightningModule with the checkpoint's weights, its CategoryMap, the run record) of a
+    checkpoint written by `train`, built from the model config recorded in it."""
+    record, state_dict = load_checkpoint(path)
+    cfg = OmegaConf.create({"num_classes": record["config"]["num_classes"],
+                            "model": record["config"]["model"]})
+    if eval_backend is not None:
+        cfg.model.eval_backend = eval_backend
     module = instantiate_module(cfg)
     module.load_state_dict(state_dict)
-    return datamodule, module, record
+    ids, names = record["categories"]["ids"], record["categories"]["names"]
+    return module, CategoryMap(tuple(ids), tuple(names)), record
+
+
+def module_from_pretrained(cfg: DictConfig):
+    """(LightningModule, CategoryMap) of cfg.model with the label space of its pretrained
+    cfg.model.weights (e.g. coco: torchvision's 91 COCO ids and names)."""
+    state, source, categories = _pretrained(cfg.model)
+    if state is None or categories is None:
+        raise InstsegError("model.weights must be coco or an instseg checkpoint here "
+                           "(its class names come from the weights)")
+    with open_dict(cfg):
+        cfg.num_classes = categories.num_classes
+    module = instantiate_module(cfg)
+    load_pretrained(module.net, state, source)
+    return module, categories
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
@@ -229,6 +255,34 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise InstsegError(f"{path}: not a checkpoint written by instseg's train (no run record)")
     return checkpoint[CHECKPOINT_KEY], checkpoint["state_dict"]
+
+
+def compose_model_config(model: str, weights: str | None = "coco") -> DictConfig:
+    """conf/model/<model>.yaml (with model.weights) composed outside any Hydra app."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose("demo", overrides=[f"model={model}", f"model.weights={weights}"])
+
+
+def demo(cfg: DictConfig) -> dict[str, float]:
+    """Overlays and COCO-format detections for every input of cfg.input (conf/demo.yaml)."""
+    from instseg.demo.run import run_demo
+
+    files = collect_inputs(cfg.input)  # a missing input fails before the model is built
+    options = dict(score_threshold=cfg.score_threshold, min_size=cfg.min_size,
+                   max_size=cfg.max_size, device=cfg.device)
+    if cfg.get("ckpt"):
+        predictor = Predictor.from_checkpoint(cfg.ckpt, **options)
+    else:
+        try:
+            module, categories = module_from_pretrained(cfg)
+        except InstsegError as error:
+            raise InstsegError(f"{error}\nWithout these weights, ckpt=PATH runs a model "
+                               "trained here (no download needed).") from error
+        predictor = Predictor(module.net, categories, **options)
+    return run_demo(predictor, files, Path(cfg.output_dir), side_by_side=cfg.side_by_side,
+                    video_output=cfg.video_output)
 
 
 def _instantiate_group(group: DictConfig | None) -> list:

@@ -62,3 +62,20 @@ def tiny_shapes(tmp_path_factory) -> Path:
     from instseg.data.synthetic import generate_shapes
 
     return generate_shapes(tmp_path_factory.mktemp("data") / "shapes", **TINY_SHAPES)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_shapes, tmp_path_factory) -> tuple[Path, dict]:
+    """(run directory, final metrics) of a tiny model trained a few CPU steps on tiny_shapes."""
+    from instseg.pipeline import train
+
+    output_dir = tmp_path_factory.mktemp("run")
+    cfg = compose_config("train", tiny_train_overrides(tiny_shapes), output_dir)
+    metrics = train(cfg)
+    return output_dir, metrics
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(trained_run) -> Path:
+    """The best checkpoint of trained_run."""
+    return next((trained_run[0] / "checkpoints").glob("best-*.ckpt"))

@@ -12,14 +12,6 @@ from instseg.pipeline import evaluate, train
 from tests.conftest import ROOT, compose_config, tiny_data_overrides, tiny_train_overrides
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_shapes, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("run")
-    cfg = compose_config("train", tiny_train_overrides(tiny_shapes), output_dir)
-    metrics = train(cfg)
-    return output_dir, metrics
-
-
 def test_train_logs_losses_and_mAP_and_writes_run_directory(trained_run):
     output_dir, metrics = trained_run
     for key in ["train/loss", "train/loss_mask", "train/loss_classifier", "train/loss_box_reg",

@@ -1,0 +1,11 @@
+"""The instseg-demo entry point: a thin Hydra shim over instseg.pipeline.demo."""
+
+import hydra
+from omegaconf import DictConfig
+
+from instseg.pipeline import demo, run_cli
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="demo")
+def main(cfg: DictConfig) -> None:
+    run_cli(demo, cfg)

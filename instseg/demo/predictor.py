@@ -1,0 +1,156 @@
+"""`Predictor`: a Mask R-CNN (trained here or COCO-pretrained) applied to single images.
+
+Contract:
+    Predictor(net, categories, score_threshold=0.7, min_size=None, max_size=None, device=...)
+    predictor(image) -> Instances
+        image: a path, a PIL image, a numpy array HxWx3 uint8, or a tensor [3, H, W] (uint8,
+        or float in [0, 1]); pixels as stored (no EXIF rotation, as in the datasets).
+    Instances: boxes float32 [N, 4] XYXY in image pixels, scores [N], category_ids [N] (the
+        dataset's ids; COCO ids for COCO weights), class_names (N), masks bool [N, H, W]
+        (mask probabilities > 0.5), and records: the same detections as COCO results records
+        with RLE masks, exactly as evaluate.py writes them for the same model and image.
+min_size/max_size override the model's resize (800/1333 for the COCO models; a checkpoint
+keeps the size it was trained at when they are None).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.models.detection import MaskRCNN
+from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
+
+from instseg.data.categories import CategoryMap
+from instseg.evaluation.detections import ImageDetections
+from instseg.models.inference import predict_unpasted
+from instseg.utils.errors import InstsegError
+
+
+@dataclass
+class Instances:
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    category_ids: torch.Tensor
+    class_names: list[str]
+    masks: torch.Tensor
+    records: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+class Predictor:
+    def __init__(
+        self, net: MaskRCNN, categories: CategoryMap, score_threshold: float = 0.7,
+        min_size: int | None = None, max_size: int | None = None, device: str = "auto",
+    ) -> None:
+        self.device = torch.device(_resolve_device(device))
+        self.net = net.eval().to(self.device)
+        if min_size is not None:
+            self.net.transform.min_size = (int(min_size),)
+        if max_size is not None:
+            self.net.transform.max_size = int(max_size)
+        self.categories = categories
+        self.names = dict(zip(categories.category_ids, categories.names, strict=True))
+        self.score_threshold = score_threshold
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs) -> Predictor:
+        """A model trained by `train` (class names from its dataset)."""
+        from instseg.pipeline import module_from_checkpoint
+
+        module, categories, _ = module_from_checkpoint(path)
+        return cls(module.net, categories, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, model: str = "r50_fpn", **kwargs) -> Predictor:
+        """conf/model/<model>.yaml with its COCO weights (torchvision's; names from their
+        metadata). Offline without them in the torch hub cache: InstsegError saying how."""
+        from instseg.pipeline import compose_model_config, module_from_pretrained
+
+        module, categories = module_from_pretrained(compose_model_config(model, "coco"))
+        return cls(module.net, categories, **kwargs)
+
+    def __call__(self, image) -> Instances:
+        return self.predict([image])[0]
+
+    def predict(self, images: list) -> list[Instances]:
+        batch = [_float_image(image).to(self.device) for image in images]
+        outputs = predict_unpasted(self.net, batch)
+        return [self._instances(output) for output in outputs]
+
+    def render(self, image, instances: Instances, side_by_side: bool = False) -> torch.Tensor:
+        """The image with the instances drawn (uint8 [3, H, W]); with side_by_side, the input
+        and the overlay next to each other ([3, H, 2W])."""
+        from instseg.demo.render import draw_instances
+
+        pixels = to_uint8_image(image)
+        overlay = draw_instances(pixels, instances)
+        return torch.cat([pixels, overlay], dim=2) if side_by_side else overlay
+
+    def _instances(self, output: dict) -> Instances:
+        keep = output["scores"] >= self.score_threshold
+        output = {k: v[keep] if isinstance(v, torch.Tensor) else v for k, v in output.items()}
+        detections = ImageDetections.from_output(0, output, self.categories)
+        records = detections.records()
+        height, width = output["image_size"]
+        masks = torch.zeros((len(records), height, width), dtype=torch.bool)
+        if records:
+            decoded = mask_utils.decode([r["segmentation"] for r in records])  # [H, W, N]
+            masks = torch.from_numpy(decoded).permute(2, 0, 1).bool()
+        category_ids = torch.as_tensor(detections.category_ids)
+        return Instances(
+            boxes=output["boxes"].float().cpu(), scores=output["scores"].float().cpu(),
+            category_ids=category_ids, masks=masks, records=records,
+            class_names=[self.names[int(c)] for c in category_ids],
+        )
+
+
+def to_uint8_image(image) -> torch.Tensor:
+    """A path / PIL image / HxWx3 array / [3, H, W] tensor as uint8 RGB [3, H, W]."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return pil_to_tensor(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 array, got shape {image.shape}")
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.uint8)
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
+        if image.dtype == torch.uint8:
+            return image.cpu()
+        return (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    raise TypeError(f"cannot read an image from {type(image).__name__}")
+
+
+def _float_image(image) -> torch.Tensor:
+    """float32 [3, H, W] in [0, 1], scaled exactly as the datasets' transforms scale."""
+    if isinstance(image, torch.Tensor) and image.is_floating_point():
+        return to_uint8_image(image) if image.ndim != 3 else image.detach().float()
+    return to_dtype(to_uint8_image(image), torch.float32, scale=True)
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """uint8 RGB [3, H, W] of an image file, as stored (EXIF orientation not applied, as the
+    datasets read images); InstsegError naming the file when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise InstsegError(f"{path}: no such image file")
+    try:
+        return decode_image(str(path), mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError) as error:
+        raise InstsegError(f"{path}: cannot read image ({error})") from error
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
