@@ -3,9 +3,10 @@
 import hydra
 from omegaconf import DictConfig
 
-from instseg.pipeline import demo, run_cli
+from instseg.pipeline import CONFIG_DIR, demo, run_cli
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="demo")
+# An absolute path: as a console script Hydra would look for "conf" as a Python package.
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="demo")
 def main(cfg: DictConfig) -> None:
     run_cli(demo, cfg)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.v2.functional import to_dtype
 
 from instseg.demo.predictor import Predictor, read_image
 from instseg.pipeline import evaluate
@@ -36,8 +37,9 @@ def test_predictor_returns_the_detections_evaluate_writes(predictor, tiny_checkp
 def test_same_instances_from_path_pil_array_and_tensors(predictor, tiny_shapes):
     path = sorted((tiny_shapes / "val").glob("*.png"))[0]
     pixels = read_image(path)
+    scaled = to_dtype(pixels, torch.float32, scale=True)  # as the datasets scale
     inputs = [path, str(path), Image.open(path), pixels.permute(1, 2, 0).numpy(), pixels,
-              pixels.float() / 255]
+              scaled]
     results = [predictor(image) for image in inputs]
     for result in results[1:]:
         assert result.records == results[0].records
