@@ -102,6 +102,22 @@ def test_without_cached_coco_weights_the_message_says_how_and_offers_ckpt(
 
 
 @pytest.mark.slow
+def test_console_script_writes_overlays_and_json_for_a_folder(tmp_path, tiny_checkpoint):
+    folder = shared_data("demo-images")
+    script = os.path.join(os.path.dirname(sys.executable), "instseg-demo")
+    result = subprocess.run(
+        [script, f"input={folder}", f"ckpt={tiny_checkpoint}", f"output_dir={tmp_path}/out",
+         f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    stems = sorted(p.stem for p in folder.glob("*.jpg"))
+    assert sorted(p.stem for p in (tmp_path / "out").glob("*.png")) == stems
+    assert sorted(p.stem for p in (tmp_path / "out").glob("*.json")
+                  if p.stem != "demo_summary") == stems
+    assert "demo: 9 inputs" in result.stdout
+
+
+@pytest.mark.slow
 def test_console_script_and_module_exit_nonzero_with_one_message(tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "instseg-demo")
     for command in ([script], [sys.executable, "-m", "instseg.demo"]):
