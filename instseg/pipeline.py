@@ -24,6 +24,7 @@ from instseg.data.categories import CategoryMap
 from instseg.demo.inputs import collect_inputs
 from instseg.demo.predictor import Predictor
 from instseg.evaluation.coco import CocoEvaluator
+from instseg.models.schedules import linear_scaling
 from instseg.models.weights import (
     load_pretrained,
     published_state_dict,
@@ -31,7 +32,9 @@ from instseg.models.weights import (
     state_dict_of,
 )
 from instseg.utils import resolvers  # noqa: F401  (registers ${cwd:} for conf/paths)
+from instseg.utils.environment import write_environment
 from instseg.utils.errors import InstsegError
+from instseg.utils.sweeps import ddp_children_run_this_job
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -42,11 +45,12 @@ PRETRAINED_KEYS = ("weights", "coco_weights")
 
 
 class RecordRun(pl.Callback):
-    """Adds the resolved config, categories and current val metrics to every checkpoint."""
+    """Adds the resolved config, categories and current val metrics to every checkpoint
+    (`config` and `categories` are set once the pipeline knows them)."""
 
-    def __init__(self, config: dict, categories: CategoryMap) -> None:
-        self.config = config
-        self.categories = categories
+    def __init__(self) -> None:
+        self.config: dict = {}
+        self.categories: CategoryMap | None = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = {
@@ -64,24 +68,61 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # generates or checks the files before any model is built
-    module = build_module(cfg, datamodule)
-    categories = datamodule.categories
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    callbacks = [*_instantiate_group(cfg.get("callbacks")), RecordRun(config, categories)]
+    record = RecordRun()
+    callbacks = [*_instantiate_group(cfg.get("callbacks")), record]
     trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=_instantiate_group(cfg.get("logger")) or False
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    _scale_to_total_batch(cfg, trainer)
+    module = build_module(cfg, datamodule)
+    record.config = OmegaConf.to_container(cfg, resolve=True)
+    record.categories = datamodule.categories
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+        write_environment(output_dir / "environment.json", trainer.world_size)
+    with ddp_children_run_this_job():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     checkpoint = trainer.checkpoint_callback
     if trainer.is_global_zero and checkpoint is not None and checkpoint.best_model_path:
-        log.info("best %s = %.4f: %s", checkpoint.monitor, float(checkpoint.best_model_score),
-                 checkpoint.best_model_path)
+        score = checkpoint.best_model_score  # None after ddp_spawn (not sent back)
+        log.info("best %s = %s: %s", checkpoint.monitor,
+                 "?" if score is None else f"{float(score):.4f}", checkpoint.best_model_path)
     return metrics
+
+
+def _scale_to_total_batch(cfg: DictConfig, trainer: pl.Trainer) -> None:
+    """With cfg.scale_lr_from_batch = R: lr x T/R and step counts x R/T for the actual total
+    batch T = world size x data.batch_size x accumulate_grad_batches (the linear scaling
+    rule), written back into cfg (so the run's config and checkpoints hold what was used)."""
+    reference = cfg.get("scale_lr_from_batch")
+    if not reference:
+        return
+    total = trainer.world_size * cfg.data.batch_size * trainer.accumulate_grad_batches
+    scheduler = cfg.model.get("scheduler") or {}
+    scaled = linear_scaling(
+        reference, total, lr=cfg.model.optimizer.lr, max_steps=cfg.trainer.max_steps,
+        warmup_steps=scheduler.get("warmup_steps", 0),
+        milestones=list(scheduler.get("milestones", [])),
+    )
+    with open_dict(cfg):
+        cfg.model.optimizer.lr = scaled["lr"]
+        cfg.trainer.max_steps = scaled["max_steps"]
+        if scheduler:
+            cfg.model.scheduler.warmup_steps = scaled["warmup_steps"]
+            if "milestones" in scheduler:
+                cfg.model.scheduler.milestones = scaled["milestones"]
+        cfg.scaling = {"reference_batch": reference, "total_batch": total,
+                       "world_size": trainer.world_size, **scaled}
+    trainer.fit_loop.epoch_loop.max_steps = scaled["max_steps"]
+    log.info("linear scaling: %d processes x %d images x %d accumulated = %d images per step "
+             "(recipe: %d): lr %s, max_steps %s, warmup %s steps, milestones %s",
+             trainer.world_size, cfg.data.batch_size, trainer.accumulate_grad_batches, total,
+             reference, scaled["lr"], scaled["max_steps"], scaled["warmup_steps"],
+             scaled["milestones"])
 
 
 def build_module(cfg: DictConfig, datamodule) -> pl.LightningModule:

@@ -153,6 +153,10 @@ def test_sweep_runs_each_job_in_its_own_directory(tiny_shapes, tmp_path):
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     for job in ("0", "1"):
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+    summary = json.loads((sweep / "summary.json").read_text())  # best first
+    assert sorted(j["job"] for j in summary) == [0, 1]
+    assert summary[0]["val/segm_mAP"] >= summary[1]["val/segm_mAP"]
+    assert "model.optimizer.lr=0.002" in result.stdout  # the table shows what differs
 
 
 def test_resume_from_last_checkpoint_continues_the_run(trained_run, tiny_shapes, tmp_path):

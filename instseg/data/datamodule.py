@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pycocotools.coco import COCO
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from instseg.data.categories import CategoryMap
 from instseg.data.coco import CocoInstances, collate, load_coco
+from instseg.data.samplers import GroupedBatchSampler, aspect_ratio_groups
 from instseg.data.synthetic import generate_shapes
 from instseg.data.transforms import detection_transforms
 from instseg.utils.errors import InstsegError
@@ -42,6 +43,7 @@ class CocoDataModule(pl.LightningDataModule):
         train_transforms: Callable | None = None,
         val_transforms: Callable | None = None,
         pin_memory: bool = False,
+        group_aspect_ratio: bool = False,
     ) -> None:
         super().__init__()
         base = Path(root) if root is not None else Path()
@@ -55,6 +57,7 @@ class CocoDataModule(pl.LightningDataModule):
         self.train_transforms = train_transforms or detection_transforms(hflip_prob=0.5)
         self.val_transforms = val_transforms or detection_transforms()
         self.pin_memory = pin_memory
+        self.group_aspect_ratio = group_aspect_ratio
         self.label_space: CategoryMap | None = None
         self.train_set: CocoInstances | None = None
         self.val_set: CocoInstances | None = None
@@ -112,16 +115,24 @@ class CocoDataModule(pl.LightningDataModule):
             )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        if not self.group_aspect_ratio:
+            return self._loader(self.train_set, self.batch_size, shuffle=True)
+        # Lightning swaps in a DistributedSampler under DDP (GroupedBatchSampler's `sampler`).
+        infos = [self.train_set.coco.imgs[i] for i in self.train_set.image_ids]
+        batches = GroupedBatchSampler(RandomSampler(self.train_set), aspect_ratio_groups(infos),
+                                      self.batch_size)
+        return self._loader(self.train_set, batch_sampler=batches)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.val_batch_size, shuffle=False)
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset, batch_size: int = 1, shuffle: bool = False,
+                batch_sampler: GroupedBatchSampler | None = None) -> DataLoader:
+        batching = ({"batch_sampler": batch_sampler} if batch_sampler is not None
+                    else {"batch_size": batch_size, "shuffle": shuffle})
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            collate_fn=collate, pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            dataset, num_workers=self.num_workers, collate_fn=collate,
+            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, **batching,
         )
 
 

@@ -45,3 +45,25 @@ def warmup_then(
         return main
     warmup = LinearLR(optimizer, start_factor=warmup_factor, total_iters=warmup_steps)
     return SequentialLR(optimizer, [warmup, main], milestones=[warmup_steps])
+
+
+def linear_scaling(
+    reference_batch: int, total_batch: int, lr: float, max_steps: int = -1,
+    warmup_steps: int = 0, milestones: Sequence[float] = (),
+) -> dict:
+    """A recipe's lr and step counts, given for `reference_batch` images per optimizer step,
+    at `total_batch` (Goyal et al.'s linear scaling rule): lr x k, steps / k, k = total /
+    reference. max_steps -1 (epoch-based) stays; milestones below 1 are fractions of the
+    run and stay."""
+    factor = total_batch / reference_batch
+
+    def steps(count: float) -> int:
+        return max(1, round(count / factor)) if count > 0 else int(count)
+
+    return {
+        "factor": factor,
+        "lr": lr * factor,
+        "max_steps": steps(max_steps) if max_steps > 0 else max_steps,
+        "warmup_steps": steps(warmup_steps),
+        "milestones": [m if m < 1 else steps(m) for m in milestones],
+    }
