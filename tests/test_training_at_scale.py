@@ -113,3 +113,48 @@ def test_optuna_sweep_of_two_trials_is_summarised(tiny_shapes, tmp_path):
     assert len(summary) == 2 and all(j["status"] == "done" for j in summary)
     assert all("model.optimizer.lr=" in j["overrides"] for j in summary)
     assert "best_params" in (sweep / "optimization_results.yaml").read_text()
+
+
+def test_ema_weights_are_validated_and_checkpointed(tiny_shapes, tmp_path):
+    cfg = compose_config("train", _overrides(
+        tiny_shapes, "callbacks=[default,ema]", "callbacks.ema.decay=0.5",
+        "trainer.limit_train_batches=3"), tmp_path / "run")
+    train(cfg)
+    best = next((tmp_path / "run" / "checkpoints").glob("best-*.ckpt"))
+    checkpoint = torch.load(best, weights_only=False)
+    raw, averaged = checkpoint["current_model_state"], checkpoint["state_dict"]
+    name = next(k for k in averaged if k.endswith("box_predictor.cls_score.weight"))
+    assert not torch.equal(raw[name], averaged[name])
+    logged = checkpoint["instseg"]["metrics"]["val/segm_mAP"]
+    metrics = evaluate(compose_config("evaluate", [f"ckpt={best}"], tmp_path / "eval"))
+    assert metrics["val/segm_mAP"] == pytest.approx(logged, abs=1e-12)  # the EMA weights
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_share_one_run_directory(tiny_shapes, tmp_path):
+    """What multi-node runs do (torchrun on each node): ranks started outside Lightning."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         str(ROOT / "train.py"), *_overrides(tiny_shapes, "trainer=ddp", "trainer.devices=2",
+                                             "trainer.limit_train_batches=2"),
+         f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=os.environ | {"INSTSEG_ROOT": str(tmp_path)},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((run_dir / "environment.json").read_text())["world_size"] == 2
+    assert not (tmp_path / "logs").exists()
+
+
+def test_slurm_launcher_composes_with_a_multi_node_experiment():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", return_hydra_config=True, overrides=[
+            "hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2",
+            "hydra.launcher.tasks_per_node=8", "hydra.launcher.gpus_per_node=8",
+            "experiment=coco_r50_fpn_1x", "trainer.devices=8", "trainer.num_nodes=2"])
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.trainer.strategy == "ddp" and cfg.scale_lr_from_batch == 16
