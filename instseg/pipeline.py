@@ -32,13 +32,14 @@ from instseg.models.weights import (
     state_dict_of,
 )
 from instseg.utils import resolvers  # noqa: F401  (registers ${cwd:} for conf/paths)
-from instseg.utils.environment import write_environment
+from instseg.utils.environment import restore_rng_states, rng_states, write_environment
 from instseg.utils.errors import InstsegError
 from instseg.utils.sweeps import ddp_children_run_this_job
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 CHECKPOINT_KEY = "instseg"
+RNG_KEY = "instseg_rng_states"
 MONITOR = "val/segm_mAP"
 # Keys of the model config read here rather than passed to the LightningModule.
 PRETRAINED_KEYS = ("weights", "coco_weights")
@@ -60,6 +61,13 @@ class RecordRun(pl.Callback):
             # The evaluator's float64 numbers, not the logger's float32 copies.
             "metrics": {f"val/{k}": v for k, v in getattr(pl_module, "last_metrics", {}).items()},
         }
+        checkpoint[RNG_KEY] = rng_states()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # The model's random draws (RPN and RoI sampling) continue where they stopped, so a
+        # resumed run repeats an uninterrupted one (the data has its own seeded draws).
+        if RNG_KEY in checkpoint:
+            restore_rng_states(checkpoint[RNG_KEY])
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -158,3 +158,36 @@ def test_slurm_launcher_composes_with_a_multi_node_experiment():
             "experiment=coco_r50_fpn_1x", "trainer.devices=8", "trainer.num_nodes=2"])
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.trainer.strategy == "ddp" and cfg.scale_lr_from_batch == 16
+
+
+def _csv_losses(run_dir):
+    import csv
+
+    with open(run_dir / "csv" / "metrics.csv") as file:
+        rows = [r for r in csv.DictReader(file) if r.get("train/loss")]
+    return {int(r["step"]): float(r["train/loss"]) for r in rows}
+
+
+@pytest.mark.slow
+def test_resume_from_a_mid_epoch_checkpoint_repeats_the_uninterrupted_run(tiny_shapes,
+                                                                          tmp_path):
+    """10 steps straight vs 4 steps (stopped mid-epoch: 6 steps per epoch), then resumed from
+    the periodic checkpoint to 10: the same loss at every step, the same weights."""
+    common = _overrides(tiny_shapes, "logger=csv", "model.scheduler.decay=constant",
+                        "trainer.max_epochs=-1",
+                        "callbacks.periodic_checkpoint.every_n_train_steps=4")
+    straight, first, resumed = tmp_path / "straight", tmp_path / "first", tmp_path / "resumed"
+    train(compose_config("train", [*common, "trainer.max_steps=10"], straight))
+    train(compose_config("train", [*common, "trainer.max_steps=4"], first))
+    checkpoint = first / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 4
+    train(compose_config("train", [*common, "trainer.max_steps=10", f"ckpt_path={checkpoint}"],
+                         resumed))
+    expected, got = _csv_losses(straight), _csv_losses(resumed)
+    assert sorted(got) == [s for s in sorted(expected) if s >= 4]
+    assert all(got[step] == expected[step] for step in got), (expected, got)
+    # The periodic checkpoint of step 8: past the resume point and an epoch boundary.
+    weights = [torch.load(d / "checkpoints" / "step-8.ckpt", weights_only=True)["state_dict"]
+               for d in (straight, resumed)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -18,6 +18,7 @@ import io
 import logging
 from collections import Counter
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -110,7 +111,11 @@ class CocoInstances(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """key: an index, or (draw seed, index) from `EpochSampler`: then the transforms'
+        random draws come from a generator seeded by both, not from the global RNG, so that
+        augmentation does not depend on what else used the RNG (exact resume)."""
+        draw_seed, index = key if isinstance(key, tuple) else (None, key)
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
         image = self._read_image(info)
@@ -118,7 +123,8 @@ class CocoInstances(Dataset):
         if self.train:
             target.update(self._targets(image_id, info))
         if self.transforms is not None:
-            image, target = self.transforms(image, target)
+            with _seeded_rng(draw_seed, index):
+                image, target = self.transforms(image, target)
         return image, target
 
     def _read_image(self, info: dict) -> tv_tensors.Image:
@@ -147,6 +153,16 @@ class CocoInstances(Dataset):
             "masks": tv_tensors.Mask(masks),
             "labels": self.categories.to_labels([a["category_id"] for a in anns]),
         }
+
+
+@contextmanager
+def _seeded_rng(draw_seed: int | None, index: int):
+    if draw_seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed((draw_seed * 1_000_003 + index) % 2**63)
+        yield
 
 
 def collate(batch):

@@ -13,12 +13,19 @@ from functools import cached_property
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pycocotools.coco import COCO
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
 from instseg.data.categories import CategoryMap
 from instseg.data.coco import CocoInstances, collate, load_coco
-from instseg.data.samplers import GroupedBatchSampler, aspect_ratio_groups
+from instseg.data.samplers import (
+    EpochSampler,
+    GroupedBatchSampler,
+    ResumableBatchSampler,
+    ResumableDataLoader,
+    aspect_ratio_groups,
+)
 from instseg.data.synthetic import generate_shapes
 from instseg.data.transforms import detection_transforms
 from instseg.utils.errors import InstsegError
@@ -115,24 +122,32 @@ class CocoDataModule(pl.LightningDataModule):
             )
 
     def train_dataloader(self) -> DataLoader:
-        if not self.group_aspect_ratio:
-            return self._loader(self.train_set, self.batch_size, shuffle=True)
-        # Lightning swaps in a DistributedSampler under DDP (GroupedBatchSampler's `sampler`).
-        infos = [self.train_set.coco.imgs[i] for i in self.train_set.image_ids]
-        batches = GroupedBatchSampler(RandomSampler(self.train_set), aspect_ratio_groups(infos),
-                                      self.batch_size)
-        return self._loader(self.train_set, batch_sampler=batches)
+        """Random order and augmentation that are functions of (seed, epoch) and resumable
+        mid-epoch (instseg.data.samplers); batches grouped by aspect ratio if asked."""
+        sampler = EpochSampler(len(self.train_set), seed=torch.initial_seed())
+        if self.group_aspect_ratio:
+            infos = [self.train_set.coco.imgs[i] for i in self.train_set.image_ids]
+            batches = GroupedBatchSampler(sampler, aspect_ratio_groups(infos), self.batch_size)
+        else:
+            batches = ResumableBatchSampler(sampler, self.batch_size, drop_last=False)
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress if self.trainer else None
+        return ResumableDataLoader(
+            self.train_set, batch_sampler=batches, num_workers=self.num_workers,
+            collate_fn=collate, pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            # a generator of its own: creating an iterator draws no number from the global RNG
+            generator=torch.Generator().manual_seed(torch.initial_seed()),
+            batches_done=(lambda: progress.current.processed) if progress else None,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.val_batch_size, shuffle=False)
 
-    def _loader(self, dataset, batch_size: int = 1, shuffle: bool = False,
-                batch_sampler: GroupedBatchSampler | None = None) -> DataLoader:
-        batching = ({"batch_sampler": batch_sampler} if batch_sampler is not None
-                    else {"batch_size": batch_size, "shuffle": shuffle})
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
-            dataset, num_workers=self.num_workers, collate_fn=collate,
-            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, **batching,
+            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            collate_fn=collate, pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
         )
 
 

@@ -1,14 +1,17 @@
-"""What a run ran on, written next to its config: versions, git commit, world size, devices."""
+"""What a run ran on (versions, git commit, world size, devices), written next to its config;
+and the random number generators' states, saved in checkpoints for exact resume."""
 
 from __future__ import annotations
 
 import json
 import platform
+import random
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
 import torch
 
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "pycocotools",
@@ -46,3 +49,26 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if dirty.strip() else "")
+
+
+def rng_states() -> dict:
+    """torch (CPU and CUDA), numpy and Python RNG states, as tensors and plain values (so a
+    checkpoint holding them still loads with torch.load(weights_only=True))."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    version, python_state, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "python": [version, list(python_state), python_gauss],
+    }
+
+
+def restore_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, python_state, python_gauss = states["python"]
+    random.setstate((version, tuple(python_state), python_gauss))
