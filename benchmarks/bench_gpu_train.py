@@ -63,7 +63,8 @@ def run(precision: str, batch_size: int, args, work: Path) -> dict:
         "trainer.max_epochs=1", f"trainer.limit_train_batches={args.steps}",
         "trainer.limit_val_batches=2", "trainer.log_every_n_steps=5",
         "trainer.num_sanity_val_steps=0", "logger=csv",
-        "callbacks=[model_checkpoint,throughput_monitor]", *_data_overrides(args, work),
+        "callbacks=[model_checkpoint,periodic_checkpoint,throughput_monitor]",
+        *_data_overrides(args, work),
         f"data.batch_size={batch_size}", "seed=0",
         *(["trainer.accelerator=cpu"] if args.cpu_dry_run else []),
     ])
