@@ -124,7 +124,8 @@ class CocoDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Random order and augmentation that are functions of (seed, epoch) and resumable
         mid-epoch (instseg.data.samplers); batches grouped by aspect ratio if asked."""
-        sampler = EpochSampler(len(self.train_set), seed=torch.initial_seed())
+        seed = torch.initial_seed() % 2**63  # seed_everything's, or a random 64-bit one
+        sampler = EpochSampler(len(self.train_set), seed=seed)
         if self.group_aspect_ratio:
             infos = [self.train_set.coco.imgs[i] for i in self.train_set.image_ids]
             batches = GroupedBatchSampler(sampler, aspect_ratio_groups(infos), self.batch_size)
@@ -136,7 +137,7 @@ class CocoDataModule(pl.LightningDataModule):
             collate_fn=collate, pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             # a generator of its own: creating an iterator draws no number from the global RNG
-            generator=torch.Generator().manual_seed(torch.initial_seed()),
+            generator=torch.Generator().manual_seed(seed),
             batches_done=(lambda: progress.current.processed) if progress else None,
         )
 

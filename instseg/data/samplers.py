@@ -40,7 +40,7 @@ class EpochSampler(Sampler):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        draw_seed = self.seed * 100_003 + self.epoch
+        draw_seed = (self.seed * 100_003 + self.epoch) % 2**63  # seeds are 64-bit
         order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(draw_seed))
         return ((draw_seed, index) for index in order.tolist())
 

@@ -35,3 +35,14 @@ def test_aspect_ratio_groups_from_image_records():
     infos = [{"width": 640, "height": 480}, {"width": 480, "height": 640},
              {"width": 500, "height": 500}]
     assert aspect_ratio_groups(infos) == [0, 1, 1]
+
+
+def test_epoch_sampler_takes_any_64_bit_seed_and_depends_on_seed_and_epoch_only():
+    from instseg.data.samplers import EpochSampler
+
+    sampler = EpochSampler(10, seed=2**64 - 1)  # torch.initial_seed() without seeding
+    sampler.set_epoch(3)
+    first, again = list(sampler), list(sampler)
+    assert first == again and sorted(i for _, i in first) == list(range(10))
+    sampler.set_epoch(4)
+    assert list(sampler) != first
