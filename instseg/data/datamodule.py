@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader
 
 from instseg.data.categories import CategoryMap
-from instseg.data.coco import CocoInstances, collate, load_coco
+from instseg.data.coco import MAX_IMAGE_SIDE, CocoInstances, collate, load_checked
 from instseg.data.samplers import (
     EpochSampler,
     GroupedBatchSampler,
@@ -28,6 +28,7 @@ from instseg.data.samplers import (
 )
 from instseg.data.synthetic import generate_shapes
 from instseg.data.transforms import detection_transforms
+from instseg.data.validation import CheckedAnnotations
 from instseg.utils.errors import InstsegError
 
 
@@ -51,7 +52,9 @@ class CocoDataModule(pl.LightningDataModule):
         val_transforms: Callable | None = None,
         pin_memory: bool = False,
         group_aspect_ratio: bool = False,
+        max_image_side: int = MAX_IMAGE_SIDE,
     ) -> None:
+        """`max_image_side`: training images with a longer side are downscaled when read."""
         super().__init__()
         base = Path(root) if root is not None else Path()
         self.paths = {
@@ -65,6 +68,7 @@ class CocoDataModule(pl.LightningDataModule):
         self.val_transforms = val_transforms or detection_transforms()
         self.pin_memory = pin_memory
         self.group_aspect_ratio = group_aspect_ratio
+        self.max_image_side = max_image_side
         self.label_space: CategoryMap | None = None
         self.train_set: CocoInstances | None = None
         self.val_set: CocoInstances | None = None
@@ -79,11 +83,19 @@ class CocoDataModule(pl.LightningDataModule):
                 missing.append(f"  {name}: {path} (expected {expected})")
         if missing:
             raise InstsegError("dataset files not found:\n" + "\n".join(missing))
+        # The cheap checks of the validation json before any model is built (errors raise);
+        # the training json's come with setup("fit"), when the trainer starts.
+        self.val_checked  # noqa: B018  (cached: setup reuses it)
+
+    @cached_property
+    def train_checked(self) -> CheckedAnnotations:
+        """The checked training json (errors raise; skips are logged)."""
+        return load_checked(self.paths["train_annotations"], self.paths["train_images"])
 
     @cached_property
     def dataset_categories(self) -> CategoryMap:
         """Categories of the validation json (the training json must list the same)."""
-        return CategoryMap.from_coco_categories(self.val_coco.dataset["categories"])
+        return CategoryMap.from_coco_categories(self.val_checked.categories)
 
     @property
     def categories(self) -> CategoryMap:
@@ -100,16 +112,24 @@ class CocoDataModule(pl.LightningDataModule):
         self.label_space = categories
 
     @cached_property
+    def val_checked(self) -> CheckedAnnotations:
+        """The checked validation json (errors raise; skips are logged)."""
+        return load_checked(self.paths["val_annotations"], self.paths["val_images"])
+
+    @property
     def val_coco(self) -> COCO:
-        return load_coco(self.paths["val_annotations"])
+        """The evaluation ground truth (the validation json without skipped annotations)."""
+        return self.val_checked.coco
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = CocoInstances(
                 self.paths["train_images"], self.paths["train_annotations"], train=True,
+                checked=self.train_checked,
                 transforms=self.train_transforms, categories=self.categories,
+                max_image_side=self.max_image_side,
             )
-            train_categories = self.train_set.coco.dataset["categories"]
+            train_categories = self.train_set.checked.categories
             if CategoryMap.from_coco_categories(train_categories) != self.dataset_categories:
                 raise InstsegError(
                     f"{self.paths['train_annotations']} and {self.paths['val_annotations']} list "
@@ -118,7 +138,8 @@ class CocoDataModule(pl.LightningDataModule):
         if self.val_set is None:
             self.val_set = CocoInstances(
                 self.paths["val_images"], self.paths["val_annotations"], train=False,
-                transforms=self.val_transforms, coco=self.val_coco, categories=self.categories,
+                transforms=self.val_transforms, checked=self.val_checked,
+                categories=self.categories,
             )
 
     def train_dataloader(self) -> DataLoader:

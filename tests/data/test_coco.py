@@ -1,4 +1,6 @@
 import json
+import logging
+import re
 
 import pytest
 import torch
@@ -83,7 +85,7 @@ def test_missing_files_are_named_with_what_belongs_there(tmp_path):
     assert str(tmp_path / "val2017") in message and "expected a COCO instances json" in message
 
 
-def test_bad_json_and_mismatched_image_are_named(tmp_path, tiny_shapes):
+def test_bad_json_and_mismatched_image_are_named(tmp_path, tiny_shapes, caplog):
     bad = tmp_path / "bad.json"
     bad.write_text('{"images": []')
     with pytest.raises(InstsegError, match="bad.json"):
@@ -93,8 +95,9 @@ def test_bad_json_and_mismatched_image_are_named(tmp_path, tiny_shapes):
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps(data))
     dataset = CocoInstances(tiny_shapes / "val", wrong, train=False)
-    with pytest.raises(InstsegError, match=r"000001.png \(image id 1\).*96x96"):
-        dataset[0]
+    with caplog.at_level(logging.WARNING):
+        assert dataset[0] is None  # skipped, and named in the log
+    assert re.search(r"000001.png \(image id 1\).*96x96", caplog.text)
 
 
 def test_datamodule_batches_and_categories(tiny_shapes):
@@ -106,8 +109,9 @@ def test_datamodule_batches_and_categories(tiny_shapes):
     )
     datamodule.prepare_data()
     datamodule.setup("fit")
-    images, targets = next(iter(datamodule.train_dataloader()))
+    images, targets, skipped = next(iter(datamodule.train_dataloader()))
+    assert skipped == 0
     assert len(images) == len(targets) == 3 and "masks" in targets[0]
-    images, targets = next(iter(datamodule.val_dataloader()))
+    images, targets, _ = next(iter(datamodule.val_dataloader()))
     assert [t["image_id"] for t in targets] == [1, 2, 3]
     assert datamodule.categories.names == ("circle", "rectangle", "triangle", "star")
