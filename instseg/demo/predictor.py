@@ -22,14 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.models.detection import MaskRCNN
 from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
 
 from instseg.data.categories import CategoryMap
+from instseg.data.images import read_rgb
 from instseg.evaluation.detections import ImageDetections
 from instseg.models.inference import predict_unpasted
-from instseg.utils.errors import InstsegError
 
 
 @dataclass
@@ -141,13 +140,7 @@ def _float_image(image) -> torch.Tensor:
 def read_image(path: str | Path) -> torch.Tensor:
     """uint8 RGB [3, H, W] of an image file, as stored (EXIF orientation not applied, as the
     datasets read images); InstsegError naming the file when it cannot be read."""
-    path = Path(path)
-    if not path.is_file():
-        raise InstsegError(f"{path}: no such image file")
-    try:
-        return decode_image(str(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as error:
-        raise InstsegError(f"{path}: cannot read image ({error})") from error
+    return read_rgb(path)
 
 
 def _resolve_device(device: str) -> str:

@@ -450,3 +450,45 @@ def test_check_command_reports_every_problem_and_exits_1_on_errors(sample, tmp_p
     edit(sample, lambda d: d["images"][1].update(id=d["images"][0]["id"]))
     failed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert failed.returncode == 1 and "duplicate image id" in failed.stdout
+
+
+def test_image_without_annotations_is_not_trained_on_but_evaluated(sample):
+    [problem] = check(sample).problems  # coco-sample's image 89 has no annotation
+    assert (problem.kind, problem.image_id) == ("no annotations", 89)
+    assert 89 not in train_set(sample).image_ids
+    assert 89 in CocoInstances(sample / "images", sample / "annotations.json",
+                               train=False).image_ids
+
+
+def test_rle_of_another_size_than_its_image_is_skipped(sample):
+    def damage(data):
+        ann = first_annotation(data)
+        rle = to_rle(ann["segmentation"], 427, 640)
+        ann["segmentation"] = {"size": [480, 640], "counts": rle["counts"].decode()}
+
+    data = edit(sample, damage)
+    [problem] = found(check(sample), "mask size mismatch")
+    assert problem.annotation_id == first_annotation(data)["id"]
+    assert problem.annotation_id not in annotation_ids(train_set(sample), IMAGE)
+
+
+def test_train_and_val_json_with_different_categories_stop(sample, tmp_path):
+    from instseg.data.datamodule import CocoDataModule
+
+    val = json.loads((sample / "annotations.json").read_text())
+    val["categories"] = val["categories"][:-1]
+    (sample / "val.json").write_text(json.dumps(val))
+    datamodule = CocoDataModule("images", "annotations.json", "images", "val.json",
+                                root=str(sample), num_workers=0)
+    datamodule.prepare_data()
+    with pytest.raises(InstsegError, match="different categories"):
+        datamodule.setup("fit")
+
+
+def test_every_kind_of_problem_is_in_the_readme_table():
+    from instseg.data.validation import KINDS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| ")]
+    for kind in KINDS:
+        assert any(f"`{kind}`" in row for row in rows), kind
