@@ -139,9 +139,19 @@ def _is_number(value) -> bool:
             and math.isfinite(value))
 
 
+def _all_numbers(values: list) -> bool:
+    """Every value an int or float, none NaN or infinite (fast: polygons are long)."""
+    if not set(map(type, values)) <= {int, float}:
+        return False
+    try:
+        return math.isfinite(sum(values))  # a NaN or an infinity anywhere makes it NaN / inf
+    except OverflowError:
+        return False
+
+
 def _is_polygons(value) -> bool:
-    return isinstance(value, list) and all(
-        isinstance(p, list) and all(_is_number(v) for v in p) for p in value)
+    return isinstance(value, list) and all(isinstance(p, list) and _all_numbers(p)
+                                           for p in value)
 
 
 def _is_rle(value) -> bool:
@@ -165,7 +175,7 @@ ANNOTATION_FIELDS: dict[str, Field] = {
     "id": (_is_int, "an integer"),
     "image_id": (_is_int, "an integer"),
     "category_id": (_is_int, "an integer"),
-    "bbox": (lambda v: isinstance(v, list) and len(v) == 4 and all(map(_is_number, v)),
+    "bbox": (lambda v: isinstance(v, list) and len(v) == 4 and _all_numbers(v),
              "[x, y, width, height] numbers"),
     "segmentation": (lambda v: _is_polygons(v) or _is_rle(v),
                      "a list of polygons [x1, y1, x2, y2, ...] or an RLE {size, counts}"),
@@ -339,6 +349,8 @@ def clean_annotation(ann: dict, image: dict) -> tuple[dict | None, list[tuple[st
     if area is None:
         area = float(mask_utils.area(to_rle(segmentation, height, width)))
         found.append(("missing area", f"area computed: {area:g}"))
+    if not found and segmentation is ann["segmentation"]:
+        return ann, found  # the common case: no copy
     cleaned = {**ann, "bbox": [x0, y0, x1 - x0, y1 - y0], "segmentation": segmentation,
                "area": area}
     return cleaned, found
