@@ -4,6 +4,11 @@ seeing cfg.
 Checkpoints written by `train` carry, under the key "instseg", the resolved config, the
 dataset's categories and the validation metrics logged when they were saved, so that
 `evaluate` rebuilds the same model and data from the checkpoint alone.
+
+Checkpoints are read with weights_only=True. Resuming (`ckpt_path`) or evaluating (`ckpt`) a
+checkpoint written by another model config fails with the differing keys and weights listed;
+a config recorded in a checkpoint instantiates allowlisted callables only
+(instseg/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -11,15 +16,26 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torchvision.models import get_weight
 
+from instseg.checkpoints import (
+    DATA_TARGETS,
+    MODEL_TARGETS,
+    check_fits,
+    check_targets,
+    config_differences,
+    resume_path,
+)
 from instseg.data.categories import CategoryMap
 from instseg.demo.inputs import collect_inputs
 from instseg.demo.predictor import Predictor
@@ -87,11 +103,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     record.categories = datamodule.categories
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resume_path(cfg.get("ckpt_path"), trainer)
+    if ckpt_path is not None:
+        _check_resume(ckpt_path, record.config, module)
     if trainer.is_global_zero:
         OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
         write_environment(output_dir / "environment.json", trainer.world_size)
     with ddp_children_run_this_job():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     checkpoint = trainer.checkpoint_callback
@@ -100,6 +119,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("best %s = %s: %s", checkpoint.monitor,
                  "?" if score is None else f"{float(score):.4f}", checkpoint.best_model_path)
     return metrics
+
+
+def _check_resume(path: str, config: dict, module: pl.LightningModule) -> None:
+    """InstsegError unless checkpoint `path` was written by this run's model config."""
+    recorded, state = load_checkpoint(path, mmap=True)  # tensors stay on disk
+    check_fits(path, recorded["config"]["model"], config["model"], state, module.state_dict(),
+               hint="Resume with the overrides of the run that wrote it (its "
+                    ".hydra/overrides.yaml); to fine-tune from it instead: model.weights=PATH.")
 
 
 def _scale_to_total_batch(cfg: DictConfig, trainer: pl.Trainer) -> None:
@@ -159,7 +186,12 @@ def build_module(cfg: DictConfig, datamodule) -> pl.LightningModule:
 def instantiate_module(cfg: DictConfig) -> pl.LightningModule:
     """cfg.model without the keys that only the pipeline reads (resolved against the root)."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    return instantiate({k: v for k, v in model.items() if k not in PRETRAINED_KEYS})
+    try:
+        return instantiate({k: v for k, v in model.items() if k not in PRETRAINED_KEYS})
+    except InstantiationException as error:  # a user error in the config: its message alone
+        if isinstance(error.__cause__, InstsegError):
+            raise error.__cause__ from None
+        raise
 
 
 def _pretrained(model_cfg: DictConfig) -> tuple[dict | None, str, CategoryMap | None]:
@@ -261,8 +293,11 @@ def _from_checkpoint(cfg: DictConfig):
     module, categories, record = module_from_checkpoint(cfg.ckpt, cfg.eval.backend)
     with open_dict(cfg):
         cfg.num_classes = record["config"]["num_classes"]
+        if cfg.get("model") is not None:  # model=... as well: it must be the checkpoint's
+            _check_same_model(cfg, record["config"]["model"], module)
         cfg.model = record["config"]["model"]
         if cfg.get("data") is None:
+            check_targets(record["config"]["data"], DATA_TARGETS, cfg.ckpt, "data")
             cfg.data = record["config"]["data"]
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -270,15 +305,29 @@ def _from_checkpoint(cfg: DictConfig):
     return datamodule, module, record
 
 
+def _check_same_model(cfg: DictConfig, recorded: dict, module: pl.LightningModule) -> None:
+    """InstsegError when cfg.model differs from the model config recorded in cfg.ckpt (the
+    model of cfg.model is built only then, to list the weights that do not fit it)."""
+    current = OmegaConf.to_container(cfg.model, resolve=True)
+    if config_differences(recorded, current):
+        check_fits(cfg.ckpt, recorded, current, module.state_dict(),
+                   instantiate_module(cfg).state_dict(),
+                   hint="evaluate.py ckpt=PATH builds the checkpoint's own model: leave out "
+                        "model=...")
+
+
 def module_from_checkpoint(path: str | Path, eval_backend: str | None = None):
     """(LightningModule with the checkpoint's weights, its CategoryMap, the run record) of a
     checkpoint written by `train`, built from the model config recorded in it."""
     record, state_dict = load_checkpoint(path)
-    cfg = OmegaConf.create({"num_classes": record["config"]["num_classes"],
-                            "model": record["config"]["model"]})
+    recorded = record["config"]["model"]
+    check_targets(recorded, MODEL_TARGETS, path, "model")  # before anything is instantiated
+    cfg = OmegaConf.create({"num_classes": record["config"]["num_classes"], "model": recorded})
     if eval_backend is not None:
         cfg.model.eval_backend = eval_backend
     module = instantiate_module(cfg)
+    check_fits(path, recorded, recorded, state_dict, module.state_dict(),
+               hint="(written by another version of instseg's models, or altered)")
     module.load_state_dict(state_dict)
     ids, names = record["categories"]["ids"], record["categories"]["names"]
     return module, CategoryMap(tuple(ids), tuple(names)), record
@@ -298,9 +347,9 @@ def module_from_pretrained(cfg: DictConfig):
     return module, categories
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
+def load_checkpoint(path: str | Path, mmap: bool = False) -> tuple[dict, dict]:
     """The run record and model state dict of a checkpoint written by `train`."""
-    checkpoint = read_torch_file(path, "checkpoint")
+    checkpoint = read_torch_file(path, "checkpoint", mmap=mmap)
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise InstsegError(f"{path}: not a checkpoint written by instseg's train (no run record)")
     return checkpoint[CHECKPOINT_KEY], checkpoint["state_dict"]
@@ -342,10 +391,13 @@ def _instantiate_group(group: DictConfig | None) -> list:
 
 
 def run_cli(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
-    """Entry-script wrapper: user errors end in one message and exit status 1."""
+    """Entry-script wrapper: user errors end in one message and exit status 1; a run stopped
+    by SIGTERM (its checkpoint saved) exits with 143, as a process killed by it would."""
     try:
         metrics = task(cfg)
     except InstsegError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except SIGTERMException:  # Lightning's SystemExit, status 0 by itself
+        sys.exit(128 + signal.SIGTERM)
     return metrics.get(MONITOR)  # what a Hydra sweeper optimises

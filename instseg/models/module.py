@@ -7,6 +7,9 @@ datamodule's validation json and logged as `val/segm_mAP`, `val/bbox_mAP50`, ...
 `val/segm_AP/<category>`, with a precision-recall figure for TensorBoard. The datamodule
 must expose `val_coco` (pycocotools COCO) and `categories` (CategoryMap), as
 `instseg.data.CocoDataModule` does.
+
+A NaN or Inf loss stops training, or skips that step's update, by `nonfinite_loss`
+(`instseg.models.nonfinite`); non-finite weights are never checkpointed.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from torch import nn
 from instseg.evaluation.coco import CocoEvaluator
 from instseg.evaluation.plots import precision_recall_figure
 from instseg.models.inference import predict_unpasted
+from instseg.models.nonfinite import NonFiniteGuard
 
 
 class MaskRCNNModule(pl.LightningModule):
     """`net` is a torchvision `MaskRCNN`; `optimizer(params)` and `scheduler(optimizer,
-    total_steps)` are partials (Hydra `_partial_: true`); the scheduler steps every iteration."""
+    total_steps)` are partials (Hydra `_partial_: true`); the scheduler steps every iteration.
+    `nonfinite_loss`: stop | skip, what a step with a NaN/Inf loss does."""
 
     def __init__(
         self,
@@ -33,6 +38,7 @@ class MaskRCNNModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         eval_backend: str = "faster_coco_eval",
+        nonfinite_loss: str = "stop",
     ) -> None:
         super().__init__()
         self.net = net
@@ -41,14 +47,19 @@ class MaskRCNNModule(pl.LightningModule):
         self.eval_backend = eval_backend
         self.evaluator: CocoEvaluator | None = None
         self.last_metrics: dict[str, float] = {}
+        self.nonfinite = NonFiniteGuard(nonfinite_loss)
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return self.net(images)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, targets = batch
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        images, targets = batch[0], batch[1]  # instseg.data.coco.Batch
         targets = [{k: v for k, v in t.items() if k != "image_id"} for t in targets]
+        self.nonfinite.before_forward(self.net)
         losses = self.net(images, targets)
+        if not self.nonfinite.check(self, losses):  # NaN/Inf: raises, or skips this update
+            self.log("train/skipped_steps", float(self.nonfinite.skipped), batch_size=len(images))
+            return None
         loss = sum(losses.values())
         self.log_dict({f"train/{name}": value for name, value in losses.items()},
                       batch_size=len(images))
@@ -63,7 +74,7 @@ class MaskRCNNModule(pl.LightningModule):
         )
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, targets = batch
+        images, targets = batch[0], batch[1]  # instseg.data.coco.Batch
         outputs = predict_unpasted(self.net, images)  # masks pasted into RLE by the evaluator
         self.evaluator.process([t["image_id"] for t in targets], outputs)
 
@@ -96,3 +107,10 @@ class MaskRCNNModule(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total)
         schedule = {"scheduler": scheduler, "interval": "step"}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite.check_saved(checkpoint["state_dict"], self.global_step)
+        checkpoint["instseg_skipped_steps"] = self.nonfinite.skipped
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite.skipped = checkpoint.get("instseg_skipped_steps", 0)

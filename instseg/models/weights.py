@@ -43,13 +43,14 @@ def published_state_dict(weights: WeightsEnum | str) -> dict[str, torch.Tensor]:
         ) from error
 
 
-def read_torch_file(path: str | Path, what: str = "weights"):
-    """`torch.load(path, weights_only=True)` on the CPU, with one clear error per failure."""
+def read_torch_file(path: str | Path, what: str = "weights", mmap: bool = False):
+    """`torch.load(path, weights_only=True)` on the CPU, with one clear error per failure
+    (`mmap`: tensors are read from the file only where used)."""
     path = Path(path)
     if not path.is_file():
         raise InstsegError(f"{what} file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:
         raise InstsegError(f"{path}: cannot load {what} ({error})") from error
 
