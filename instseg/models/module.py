@@ -48,12 +48,20 @@ class MaskRCNNModule(pl.LightningModule):
         self.evaluator: CocoEvaluator | None = None
         self.last_metrics: dict[str, float] = {}
         self.nonfinite = NonFiniteGuard(nonfinite_loss)
+        self.skipped_images = 0  # this process's count since the run (or resume) started
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return self.net(images)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
-        images, targets = batch[0], batch[1]  # instseg.data.coco.Batch
+        images, targets, skipped = batch  # instseg.data.coco.Batch
+        if skipped:  # unreadable images the loader dropped (each one logged by name)
+            self.skipped_images += skipped
+            self.log("train/skipped_images", float(self.skipped_images))
+        # A batch left without images skips the step on every rank together (a rank
+        # skipping alone would leave the others waiting in DDP's gradient all-reduce).
+        if not self.trainer.strategy.reduce_boolean_decision(bool(images), all=True):
+            return None
         targets = [{k: v for k, v in t.items() if k != "image_id"} for t in targets]
         self.nonfinite.before_forward(self.net)
         losses = self.net(images, targets)
@@ -74,7 +82,9 @@ class MaskRCNNModule(pl.LightningModule):
         )
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, targets = batch[0], batch[1]  # instseg.data.coco.Batch
+        images, targets, _ = batch  # an unreadable image is logged and left out of the scores
+        if not images:
+            return
         outputs = predict_unpasted(self.net, images)  # masks pasted into RLE by the evaluator
         self.evaluator.process([t["image_id"] for t in targets], outputs)
 

@@ -402,13 +402,16 @@ def _train_config(root: Path, output_dir: Path):
     ], output_dir)
 
 
+@pytest.mark.parametrize("batch_size", [2, 1])  # 1: the corrupt image's batch is left empty
 def test_training_runs_through_every_recoverable_fault_and_counts_them(sample, tmp_path,
-                                                                       caplog):
+                                                                       caplog, batch_size):
     from instseg.pipeline import train
 
     _damage_many(sample)
+    cfg = _train_config(sample, tmp_path / "run")
+    cfg.data.batch_size = batch_size
     with caplog.at_level(logging.INFO):
-        metrics = train(_train_config(sample, tmp_path / "run"))
+        metrics = train(cfg)
     assert metrics["train/skipped_images"] == 1  # the corrupt 404249 (194216 has no file)
     assert "000000404249.jpg" in caplog.text and "skipped 1 x missing image file" in caplog.text
     for kind in ("degenerate box", "unknown category id", "box partly outside image",
