@@ -40,6 +40,7 @@ from instseg.data.categories import CategoryMap
 from instseg.demo.inputs import collect_inputs
 from instseg.demo.predictor import Predictor
 from instseg.evaluation.coco import CocoEvaluator
+from instseg.models.inference import optimize_for_inference
 from instseg.models.schedules import linear_scaling
 from instseg.models.weights import (
     load_pretrained,
@@ -230,6 +231,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     else:
         raise InstsegError("evaluate needs ckpt=PATH, or model=... (with model.weights=...) "
                            "and data=...")
+    # Inference only from here: channels_last, threaded RoI pooling (and eval.compile).
+    optimize_for_inference(module.net, compile=cfg.eval.get("compile", False))
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[pl.callbacks.RichProgressBar()])
     trainer.validate(module, datamodule=datamodule)
 
@@ -369,7 +372,7 @@ def demo(cfg: DictConfig) -> dict[str, float]:
 
     files = collect_inputs(cfg.input)  # a missing input fails before the model is built
     options = dict(score_threshold=cfg.score_threshold, min_size=cfg.min_size,
-                   max_size=cfg.max_size, device=cfg.device)
+                   max_size=cfg.max_size, device=cfg.device, compile=cfg.get("compile", False))
     if cfg.get("ckpt"):
         predictor = Predictor.from_checkpoint(cfg.ckpt, **options)
     else:

@@ -28,7 +28,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
 from instseg.data.categories import CategoryMap
 from instseg.data.images import read_rgb
 from instseg.evaluation.detections import ImageDetections
-from instseg.models.inference import predict_unpasted
+from instseg.models.inference import optimize_for_inference, predict_unpasted
 
 
 @dataclass
@@ -48,9 +48,14 @@ class Predictor:
     def __init__(
         self, net: MaskRCNN, categories: CategoryMap, score_threshold: float = 0.7,
         min_size: int | None = None, max_size: int | None = None, device: str = "auto",
+        optimize: bool = True, compile: bool = False,
     ) -> None:
+        """`optimize`/`compile`: instseg.models.inference.optimize_for_inference (changes
+        `net` in place: give a copy if it trains on)."""
         self.device = torch.device(_resolve_device(device))
         self.net = net.eval().to(self.device)
+        if optimize:
+            optimize_for_inference(self.net, compile=compile)
         if min_size is not None:
             self.net.transform.min_size = (int(min_size),)
         if max_size is not None:
