@@ -2,7 +2,8 @@
 same CPU, in one run, with the outputs compared.
 
     python benchmarks/bench_inference.py [--ckpt PATH] [--sizes 320 512 800] [--runs 5]
-                                         [--compile]
+                                         [--compile] [--device cuda]
+                                         [--precisions 32-true 16-mixed]
 
 plain:  `net.eval()`, `with torch.no_grad(): net([image])` (torchvision pastes every mask at
         full resolution as float)
@@ -10,7 +11,10 @@ ours:   `Predictor(net, ..., score_threshold=0).predict([image])` (channels_last
         on all threads, masks pasted straight into RLE and returned as bool masks; with
         --compile also torch.compile of the convolutional parts)
 Each size: median of --runs timed runs after one warm-up run (and, with --compile, the
-compilation, timed separately). Outputs: same number of detections and labels, boxes and
+compilation, timed separately); on CUDA each run ends with a synchronize. --precisions adds
+rows of autocast inference (Predictor precision=16-mixed / bf16-mixed) against the same fp32
+plain run: their outputs are expected to differ by more than the fp32 tolerances.
+Outputs: same number of detections and labels, boxes and
 scores within 1e-3, every binary mask (> 0.5) with IoU >= 0.99 against the plain one.
 
 Model: the checkpoint's (--ckpt) or, without one,
@@ -92,25 +96,37 @@ def compare(plain: list[dict], ours: list, categories: CategoryMap) -> dict:
     return worst
 
 
-def bench_size(net, categories, images, size: int, runs: int, compile: bool) -> dict:
-    plain_net = copy.deepcopy(net)
-    set_size(plain_net, size)
+def synchronized(run, device: str):
+    """`run`, waiting for the GPU's queued work before returning (timings include it)."""
+    def call():
+        result = run()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return result
+    return call
 
-    def plain():
+
+def bench_size(net, categories, images, size: int, args, precision: str) -> dict:
+    plain_net = copy.deepcopy(net).to(args.device)
+    set_size(plain_net, size)
+    on_device = [image.to(args.device) for image in images]
+
+    def run_plain():
         with torch.no_grad():
-            return plain_net(images)
+            return [{k: v.cpu() for k, v in out.items()} for out in plain_net(on_device)]
 
     predictor = Predictor(copy.deepcopy(net), categories, score_threshold=0.0, min_size=size,
-                          max_size=round(size * 1333 / 800), device="cpu", compile=compile)
+                          max_size=round(size * 1333 / 800), device=args.device,
+                          compile=args.compile, precision=precision)
+    plain = synchronized(run_plain, args.device)
+    ours = synchronized(lambda: predictor.predict(images), args.device)
     start = time.perf_counter()
-    predictor.predict(images)  # warm-up (and compilation)
-    first = time.perf_counter() - start
+    ours()  # warm-up (and compilation)
+    row = {"size": size, "precision": precision, "first_ours": time.perf_counter() - start}
     plain()  # warm-up
-    row = {"size": size, "first_ours": first}
-    # Alternate the two so that a noisy neighbour slows both alike.
-    row["plain"] = median_seconds(plain, runs)
-    row["ours"] = median_seconds(lambda: predictor.predict(images), runs)
-    row.update(compare(plain(), predictor.predict(images), categories))
+    row["plain"] = median_seconds(plain, args.runs)
+    row["ours"] = median_seconds(ours, args.runs)
+    row.update(compare(plain(), ours(), categories))
     return row
 
 
@@ -120,26 +136,42 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[320, 512, 800])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--images", type=int, default=1, help="coco-sample photos per call")
+    parser.add_argument("--image-dir", type=Path, default=SAMPLE,
+                        help="where the photos are (default: ../shared/data/coco-sample)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (ours)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precisions", nargs="+", default=["32-true"],
+                        help="ours: 32-true, 16-mixed, bf16-mixed (autocast)")
     args = parser.parse_args()
     net, categories = load_model(args.ckpt)
-    files = sorted(SAMPLE.glob("*.jpg"))[: args.images]
+    files = sorted(args.image_dir.glob("*.jpg"))[: args.images]
     images = [read_rgb(f).float() / 255 for f in files]
     print(f"model: {args.ckpt or 'torchvision maskrcnn_resnet50_fpn (seeded random weights)'}; "
           f"{len(images)} image(s) {[tuple(i.shape[-2:]) for i in images]}; "
           f"{torch.get_num_threads()} threads; torch {torch.__version__}; "
-          f"compile={args.compile}")
-    header = (f"{'size':>5} {'plain s':>8} {'ours s':>8} {'ratio':>6} {'dets':>5} "
-              f"{'max|dbox|':>10} {'max|dscore|':>11} {'min IoU':>8} {'match':>6} "
-              f"{'1st ours s':>10}")
+          f"compile={args.compile}; device {describe(args.device)}")
+    header = (f"{'size':>5} {'ours precision':>14} {'plain s':>8} {'ours s':>8} {'ratio':>6} "
+              f"{'dets':>5} {'max|dbox|':>10} {'max|dscore|':>11} {'min IoU':>8} "
+              f"{'match':>6} {'1st ours s':>10}")
     print(header)
     for size in args.sizes:
-        row = bench_size(net, categories, images, size, args.runs, args.compile)
-        print(f"{size:>5} {row['plain']:>8.3f} {row['ours']:>8.3f} "
-              f"{row['plain'] / row['ours']:>5.2f}x "
-              f"{'=' if row['count_equal'] else '!=':>5} {row['box']:>10.2e} "
-              f"{row['score']:>11.2e} {row['iou']:>8.4f} {str(row['match']):>6} "
-              f"{row['first_ours']:>10.1f}", flush=True)
+        for precision in args.precisions:
+            row = bench_size(net, categories, images, size, args, precision)
+            print_row(row)
+
+
+def describe(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def print_row(row: dict) -> None:
+    print(f"{row['size']:>5} {row['precision']:>14} {row['plain']:>8.3f} {row['ours']:>8.3f} "
+          f"{row['plain'] / row['ours']:>5.2f}x "
+          f"{'=' if row['count_equal'] else '!=':>5} {row['box']:>10.2e} "
+          f"{row['score']:>11.2e} {row['iou']:>8.4f} {str(row['match']):>6} "
+          f"{row['first_ours']:>10.1f}", flush=True)
 
 
 if __name__ == "__main__":

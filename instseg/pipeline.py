@@ -372,7 +372,8 @@ def demo(cfg: DictConfig) -> dict[str, float]:
 
     files = collect_inputs(cfg.input)  # a missing input fails before the model is built
     options = dict(score_threshold=cfg.score_threshold, min_size=cfg.min_size,
-                   max_size=cfg.max_size, device=cfg.device, compile=cfg.get("compile", False))
+                   max_size=cfg.max_size, device=cfg.device, compile=cfg.get("compile", False),
+                   precision=cfg.get("precision", "32-true"))
     if cfg.get("ckpt"):
         predictor = Predictor.from_checkpoint(cfg.ckpt, **options)
     else:

@@ -29,6 +29,9 @@ from instseg.data.categories import CategoryMap
 from instseg.data.images import read_rgb
 from instseg.evaluation.detections import ImageDetections
 from instseg.models.inference import optimize_for_inference, predict_unpasted
+from instseg.utils.errors import InstsegError
+
+AUTOCAST = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
 
 @dataclass
@@ -48,11 +51,18 @@ class Predictor:
     def __init__(
         self, net: MaskRCNN, categories: CategoryMap, score_threshold: float = 0.7,
         min_size: int | None = None, max_size: int | None = None, device: str = "auto",
-        optimize: bool = True, compile: bool = False,
+        optimize: bool = True, compile: bool = False, precision: str = "32-true",
     ) -> None:
         """`optimize`/`compile`: instseg.models.inference.optimize_for_inference (changes
-        `net` in place: give a copy if it trains on)."""
+        `net` in place: give a copy if it trains on). `precision`: 32-true, or 16-mixed /
+        bf16-mixed for autocast inference on a CUDA device."""
+        if precision not in AUTOCAST:
+            raise InstsegError(f"precision={precision!r}: expected one of {list(AUTOCAST)}")
+        self.autocast_dtype = AUTOCAST[precision]
         self.device = torch.device(_resolve_device(device))
+        if self.autocast_dtype is not None and self.device.type == "cpu":
+            raise InstsegError(f"precision={precision} needs a CUDA device (torchvision's CPU "
+                               "RoIAlign has no half-precision kernel); use 32-true on a CPU")
         self.net = net.eval().to(self.device)
         if optimize:
             optimize_for_inference(self.net, compile=compile)
@@ -86,7 +96,9 @@ class Predictor:
 
     def predict(self, images: list) -> list[Instances]:
         batch = [_float_image(image).to(self.device) for image in images]
-        outputs = predict_unpasted(self.net, batch)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None):
+            outputs = predict_unpasted(self.net, batch)
         return [self._instances(output) for output in outputs]
 
     def render(self, image, instances: Instances, side_by_side: bool = False) -> torch.Tensor:

@@ -56,3 +56,13 @@ def test_threaded_roi_pooling_is_bit_identical():
     with torch.inference_mode():
         got = ThreadedRoIPool(pool)(features, boxes, [(64, 64)])
     assert torch.equal(got, expected)
+
+
+def test_half_precision_inference_is_refused_on_a_cpu_with_a_clear_message(tiny_checkpoint):
+    from instseg.utils.errors import InstsegError
+
+    module, categories, _ = module_from_checkpoint(tiny_checkpoint)
+    with pytest.raises(InstsegError, match="needs a CUDA device"):
+        Predictor(module.net, categories, device="cpu", precision="16-mixed")
+    with pytest.raises(InstsegError, match="expected one of"):
+        Predictor(module.net, categories, device="cpu", precision="fp8")
