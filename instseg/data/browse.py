@@ -51,7 +51,7 @@ from instseg.data.coco import load_checked
 from instseg.data.images import UnreadableImage, read_rgb
 from instseg.data.validation import to_rle
 from instseg.demo.predictor import Instances
-from instseg.demo.render import _font, category_color, draw_instances
+from instseg.demo.render import category_color, draw_instances, label_font
 from instseg.pipeline import CONFIG_DIR
 from instseg.utils.errors import InstsegError
 
@@ -160,7 +160,7 @@ def _draw_boxes(image: torch.Tensor, annotations: list[dict], coco: COCO, suffix
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
     labels = [coco.cats[a["category_id"]]["name"] + suffix for a in annotations]
-    font = _font()  # render.py's label font, so that both panels read alike
+    font = label_font()  # render.py's label font, so that both panels read alike
     return draw_bounding_boxes(image, boxes, labels=labels, colors=_colors(annotations),
                                width=line, font=font,
                                font_size=max(12, height // 45) if font else None)

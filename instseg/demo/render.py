@@ -21,7 +21,7 @@ def draw_instances(image: torch.Tensor, instances, alpha: float = 0.5) -> torch.
     labels = [f"{name} {score:.2f}"
               for name, score in zip(instances.class_names, instances.scores.tolist(),
                                      strict=True)]
-    font = _font()
+    font = label_font()
     return draw_bounding_boxes(
         overlay, instances.boxes, labels=labels, colors=colors, width=2,
         font=font, font_size=max(12, image.shape[-2] // 45) if font else None,
@@ -36,7 +36,7 @@ def category_color(category_id: int) -> tuple[int, int, int]:
 
 
 @cache
-def _font() -> str | None:
+def label_font() -> str | None:
     """A TrueType font for readable labels (matplotlib ships DejaVu Sans); None: torchvision's
     small default font."""
     import matplotlib
