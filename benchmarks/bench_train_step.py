@@ -1,0 +1,312 @@
+"""Training step: instseg's Lightning path against a hand-written PyTorch loop, same model,
+data and seed, alternated in one process.
+
+    python benchmarks/bench_train_step.py [--steps 50] [--warmup 10] [--repeats 4]
+                                          [--data-dir DIR] [OVERRIDE ...]
+
+Config: conf/train.yaml as train.py composes it (data=shapes: 800 generated 160 px images,
+batch 4; model=small_cpu; seed 42; precision 32-true; gradient_clip_val 10; tensorboard
+logger; the default callbacks: best and periodic checkpoints, LR monitor, rich progress bar,
+rendered as in a terminal into /dev/null), with these overrides for both sides:
+data.num_workers=0 (batches are read in the main process, so the difference is the loop),
+trainer.accelerator=cpu, trainer.max_steps=STEPS (the LR schedule is built for STEPS steps;
+within the 100 warm-up steps the LR is the full run's) and trainer.num_sanity_val_steps=0
+(before training, never timed). OVERRIDEs in Hydra syntax apply to both, e.g. logger=csv,
+or Lightning without extras: logger=none callbacks=none +trainer.enable_progress_bar=false
++trainer.enable_checkpointing=false +trainer.enable_model_summary=false
+
+instseg  `instseg.pipeline.train(cfg)`, i.e. Trainer.fit of MaskRCNNModule, with one more
+         callback recording time.perf_counter() at every on_train_batch_start and _end.
+plain    the same seed, datamodule (its train_dataloader: same batches in the same order),
+         module config (net, optimizer and scheduler partials), then, per batch:
+         zero_grad; losses = net(images, targets); sum; backward;
+         clip_grad_norm_(params, 10.0); optimizer.step(); scheduler.step()
+
+Timed, the same for both: whole iterations, from the start of one step to the start of the
+next (data fetch, forward, backward, clipping, optimizer and LR scheduler step and, for
+instseg, everything Lightning does around them: batch transfer, logging every
+log_every_n_steps, progress bar, LR monitor, checkpoint callbacks). Per run: median and
+mean over the steps after --warmup (the last step, with no next start, is left out of
+both). Runs alternate plain/instseg, then instseg/plain, and so on, --repeats pairs.
+Also printed: the split of an iteration into the step (plain: fetched batch to scheduler
+step; instseg: on_train_batch_start to _end, which Lightning calls after the scheduler
+step) and what surrounds it, and how much each side's median varies across repeats.
+Both sides start from the same weights and RNG state and see the same batches, so their
+per-step losses should agree: the largest difference is printed as a check that they did
+the same work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import logging
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from instseg.pipeline import build_module, train  # noqa: E402
+
+BENCH_OVERRIDES = ["data.num_workers=0", "trainer.accelerator=cpu",
+                   "trainer.num_sanity_val_steps=0"]
+
+
+@dataclass
+class Run:
+    """One run: seconds per iteration, and of its step alone (plain: from the fetched batch
+    to the scheduler step; instseg: on_train_batch_start to on_train_batch_end), losses."""
+
+    side: str
+    seconds: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    schedule_steps: int = 0
+
+    def timed(self, warmup: int, steps: int, part: str = "iteration") -> list[float]:
+        """Seconds of the timed iterations (after the warm-up, the last one, steps - 1, left
+        out), or of their `part`: "step", or "around" it (iteration - step)."""
+        window = slice(warmup, steps - 1)
+        if part == "step":
+            return self.step_seconds[window]
+        if part == "around":
+            return [i - s for i, s in zip(self.seconds[window], self.step_seconds[window],
+                                          strict=True)]
+        return self.seconds[window]
+
+
+class StepTimer(pl.Callback):
+    """Records perf_counter at every training batch start and end, and the step's loss; the
+    iteration time is the difference of consecutive starts. The newest instance is
+    `StepTimer.latest` (train() instantiates it from the config)."""
+
+    latest: StepTimer | None = None
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+        self.losses: list[float] = []
+        self.schedule_steps = 0
+        StepTimer.latest = self
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.schedule_steps = int(trainer.estimated_stepping_batches)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(outputs["loss"].item() if outputs else math.nan)
+        self.ends.append(time.perf_counter())
+
+
+def compose_config(work: Path, data_dir: Path, steps: int, overrides: list[str]) -> DictConfig:
+    """conf/train.yaml with the benchmark's overrides, writing under `work`."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=[*BENCH_OVERRIDES, f"trainer.max_steps={steps}",
+                                          *overrides])
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(work)
+        cfg.paths.data_dir = str(data_dir)
+        cfg.paths.output_dir = str(work / "run")
+        if cfg.get("callbacks") and "rich_progress_bar" in cfg.callbacks:
+            # Render the bar as in an interactive terminal (into /dev/null, see run_instseg).
+            cfg.callbacks.rich_progress_bar.console_kwargs = {"force_terminal": True}
+    return cfg
+
+
+def run_instseg(cfg: DictConfig, work: Path) -> Run:
+    """instseg.pipeline.train with a StepTimer callback; Lightning's console output (model
+    summary, progress bar) goes to /dev/null."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(work)
+        cfg.callbacks = cfg.get("callbacks") or {}
+        cfg.callbacks.step_timer = {"_target_": f"{__name__}.StepTimer"}
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        train(cfg)
+    timer = StepTimer.latest
+    seconds = [b - a for a, b in itertools.pairwise(timer.starts)] + [math.nan]
+    steps = [b - a for a, b in zip(timer.starts, timer.ends, strict=True)]
+    return Run("instseg", seconds, steps, timer.losses, timer.schedule_steps)
+
+
+def run_plain(cfg: DictConfig, steps: int) -> Run:
+    """The hand-written loop over the same model, optimizer, scheduler and batches."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # as train() does
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    module = build_module(cfg, datamodule)  # the same weights as train()'s, from the seed
+    datamodule.setup("fit")
+    net = module.net.train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = module.optimizer_factory(params=params)
+    total = min(steps, len(datamodule.train_dataloader()) * cfg.trainer.max_epochs)
+    scheduler = module.scheduler_factory(optimizer=optimizer, total_steps=total)
+    clip = cfg.trainer.gradient_clip_val
+    run = Run("plain", schedule_steps=total)
+    batches = epochs_of(datamodule)
+    for _ in range(steps):
+        start = time.perf_counter()
+        images, targets, _ = next(batches)
+        fetched = time.perf_counter()
+        targets = [{k: v for k, v in t.items() if k != "image_id"} for t in targets]
+        optimizer.zero_grad()
+        loss = sum(net(images, targets).values())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        scheduler.step()
+        run.losses.append(loss.item())
+        end = time.perf_counter()
+        run.seconds.append(end - start)
+        run.step_seconds.append(end - fetched)
+    return run
+
+
+def epochs_of(datamodule):
+    """Batches of the datamodule's train_dataloader, epoch after epoch (set_epoch as
+    Lightning calls it: the order and augmentation are functions of seed and epoch)."""
+    loader = datamodule.train_dataloader()
+    epoch = 0
+    while True:
+        loader.batch_sampler.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's info lines (devices, seed, summary) out of the table, and its
+    deprecation notice about torch's pytree API (Lightning 2.6 on torch 2.14)."""
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def summary(run: Run, warmup: int, steps: int) -> tuple[float, float]:
+    """(median, mean) milliseconds per timed iteration."""
+    timed = run.timed(warmup, steps)
+    return statistics.median(timed) * 1e3, statistics.fmean(timed) * 1e3
+
+
+def print_header(cfg: DictConfig, args) -> None:
+    callbacks = ", ".join(k for k, v in (cfg.get("callbacks") or {}).items() if v) or "none"
+    loggers = ", ".join(k for k, v in (cfg.get("logger") or {}).items() if v) or "none"
+    print(f"data=shapes ({cfg.data.num_train} train images, {cfg.data.image_size} px), batch "
+          f"{cfg.data.batch_size}, num_workers {cfg.data.num_workers}; model "
+          f"{cfg.model.net.backbone.arch} FPN at {cfg.model.net.min_size} px; seed {cfg.seed}; "
+          f"precision {cfg.trainer.precision}; clip {cfg.trainer.gradient_clip_val}")
+    print(f"instseg: logger {loggers}, log_every_n_steps {cfg.trainer.log_every_n_steps}; "
+          f"callbacks {callbacks}")
+    print(f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs; torch "
+          f"{torch.__version__}, Lightning {pl.__version__}; load average "
+          f"{os.getloadavg()[0]:.2f} at start")
+    timed = args.steps - 1 - args.warmup
+    print(f"timed: whole iterations (fetch + step + loop until the next step starts), "
+          f"steps {args.warmup}..{args.steps - 2} of {args.steps} ({timed} per run)")
+
+
+def print_table(pairs: list[tuple[Run, Run]], args) -> float:
+    """One row per repeat and the median row; returns the median overhead (medians)."""
+    print(f"{'repeat':<8}{'plain ms':>10}{'instseg ms':>12}{'overhead':>10}"
+          f"{'plain mean':>12}{'instseg mean':>14}{'overhead':>10}{'max|dloss|':>12}")
+    rows = []
+    for index, (plain, ours) in enumerate(pairs, 1):
+        p_med, p_mean = summary(plain, args.warmup, args.steps)
+        o_med, o_mean = summary(ours, args.warmup, args.steps)
+        dloss = max(abs(a - b) for a, b in zip(plain.losses, ours.losses, strict=True))
+        rows.append((p_med, o_med, (o_med / p_med - 1) * 100, p_mean, o_mean,
+                     (o_mean / p_mean - 1) * 100, dloss))
+        _print_row(str(index), rows[-1])
+    medians = tuple(statistics.median(column) for column in zip(*rows, strict=True))
+    _print_row("median", medians)
+    return medians[2], medians[5]
+
+
+def _print_row(name: str, row: tuple) -> None:
+    p_med, o_med, over_med, p_mean, o_mean, over_mean, dloss = row
+    print(f"{name:<8}{p_med:>10.1f}{o_med:>12.1f}{over_med:>9.1f}%"
+          f"{p_mean:>12.1f}{o_mean:>14.1f}{over_mean:>9.1f}%{dloss:>12.1e}")
+
+
+def print_split(pairs: list[tuple[Run, Run]], args) -> None:
+    """Where the time goes: median ms of the step and of what surrounds it, all runs."""
+    def median_ms(side: int, part: str) -> float:
+        return statistics.median(x for pair in pairs
+                                 for x in pair[side].timed(args.warmup, args.steps, part)) * 1e3
+
+    print(f"split (median ms over all runs): plain = step {median_ms(0, 'step'):.1f} + around "
+          f"{median_ms(0, 'around'):.1f} (batch fetch); instseg = step "
+          f"{median_ms(1, 'step'):.1f} (on_train_batch_start..end) + around "
+          f"{median_ms(1, 'around'):.1f} (batch fetch, logging, progress bar, callbacks, loop)")
+
+
+def print_noise(pairs: list[tuple[Run, Run]], args) -> None:
+    """The spread of each side's median across repeats: the noise floor of a comparison."""
+    for side, name in enumerate(("plain", "instseg")):
+        medians = [summary(pair[side], args.warmup, args.steps)[0] for pair in pairs]
+        print(f"{name} ms/iteration across repeats: {min(medians):.1f} to {max(medians):.1f} "
+              f"(spread {(max(medians) / min(medians) - 1) * 100:.1f}%)")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                    argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--steps", type=int, default=50, help="training steps per run")
+    parser.add_argument("--warmup", type=int, default=10, help="first steps not timed")
+    parser.add_argument("--repeats", type=int, default=4,
+                        help="plain/instseg pairs (alternating which runs first)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="paths.data_dir holding (or to receive) shapes/; unset: a "
+                             "temporary directory, the set generated there")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for both sides")
+    args = parser.parse_args()
+    if args.steps < args.warmup + 3:
+        parser.error("--steps must exceed --warmup by at least 3")
+    quiet_lightning()
+    with tempfile.TemporaryDirectory(prefix="bench_train_step.") as tmp:
+        work = Path(tmp)
+        cfg = compose_config(work, args.data_dir or work / "data", args.steps, args.overrides)
+        print_header(cfg, args)
+        instantiate(cfg.data).prepare_data()  # generate the set once, untimed
+        pairs = []
+        for repeat in range(args.repeats):
+            first_plain = repeat % 2 == 0  # plain, ours; ours, plain; ...
+            order = ["plain", "instseg"] if first_plain else ["instseg", "plain"]
+            runs = {side: run_plain(cfg, args.steps) if side == "plain"
+                    else run_instseg(cfg, work / f"run{repeat}") for side in order}
+            pairs.append((runs["plain"], runs["instseg"]))
+    schedules = {run.schedule_steps for pair in pairs for run in pair}
+    print(f"LR schedule length (steps) in both: {sorted(schedules)}")
+    over_median, over_mean = print_table(pairs, args)
+    print("(ms per iteration, median and mean over the timed steps; overhead = instseg / "
+          "plain - 1; max|dloss|: largest per-step loss difference within the repeat)")
+    print_split(pairs, args)
+    print_noise(pairs, args)
+    print(f"overhead (mean per iteration, includes periodic logging): {over_mean:.1f}%")
+    print(f"load average {os.getloadavg()[0]:.2f} at the end (1 min; this run adds about 1.6: "
+          "more means another process shared the CPUs)")
+    print(f"overhead: {over_median:.1f}% (target <= 3%)")
+
+
+if __name__ == "__main__":
+    main()
