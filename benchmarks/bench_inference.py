@@ -3,7 +3,7 @@ same CPU, in one run, with the outputs compared.
 
     python benchmarks/bench_inference.py [--ckpt PATH] [--sizes 320 512 800] [--runs 5]
                                          [--compile] [--device cuda]
-                                         [--precisions 32-true 16-mixed]
+                                         [--precisions 32-true 16-mixed] [--stages]
 
 plain:  `net.eval()`, `with torch.no_grad(): net([image])` (torchvision pastes every mask at
         full resolution as float)
@@ -16,6 +16,8 @@ rows of autocast inference (Predictor precision=16-mixed / bf16-mixed) against t
 plain run: their outputs are expected to differ by more than the fp32 tolerances.
 Outputs: same number of detections and labels, boxes and
 scores within 1e-3, every binary mask (> 0.5) with IoU >= 0.99 against the plain one.
+
+--stages: then the seconds of each stage of ours (median of --runs), to see where the time goes.
 
 Model: the checkpoint's (--ckpt) or, without one,
 torchvision's maskrcnn_resnet50_fpn with seeded random weights (timings are those of the
@@ -40,6 +42,8 @@ sys.path.insert(0, str(ROOT))
 from instseg.data.categories import CategoryMap  # noqa: E402
 from instseg.data.images import read_rgb  # noqa: E402
 from instseg.demo.predictor import Predictor  # noqa: E402
+from instseg.evaluation.paste import paste_masks_to_rles  # noqa: E402
+from instseg.models.inference import optimize_for_inference  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "coco-sample" / "images"
 TOLERANCE, MIN_IOU = 1e-3, 0.99
@@ -142,6 +146,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precisions", nargs="+", default=["32-true"],
                         help="ours: 32-true, 16-mixed, bf16-mixed (autocast)")
+    parser.add_argument("--stages", action="store_true",
+                        help="also time each stage of ours (CPU)")
     args = parser.parse_args()
     net, categories = load_model(args.ckpt)
     files = sorted(args.image_dir.glob("*.jpg"))[: args.images]
@@ -158,6 +164,48 @@ def main() -> None:
         for precision in args.precisions:
             row = bench_size(net, categories, images, size, args, precision)
             print_row(row)
+    if args.stages and args.device == "cpu":
+        for size in args.sizes:
+            stages = stage_seconds(net, images[0], size, args.runs)
+            print(f"stages of ours at {size} px (s): " + ", ".join(
+                f"{name} {seconds:.3f}" for name, seconds in stages.items()))
+
+
+@torch.inference_mode()
+def stage_seconds(net, image: torch.Tensor, size: int, runs: int) -> dict[str, float]:
+    """Median seconds per stage of the optimised net on one image (predict_unpasted's steps,
+    with the RoI heads' inference spelled out)."""
+    net = optimize_for_inference(copy.deepcopy(net))
+    set_size(net, size)
+    heads, times = net.roi_heads, {}
+
+    def timed(name, function, *args):
+        start = time.perf_counter()
+        result = function(*args)
+        times.setdefault(name, []).append(time.perf_counter() - start)
+        return result
+
+    def box_head(pooled):
+        return heads.box_predictor(heads.box_head(pooled))
+
+    def mask_head(pooled):
+        return heads.mask_predictor(heads.mask_head(pooled)).sigmoid()
+
+    for _ in range(runs + 1):  # the first is a warm-up
+        batch, _ = timed("transform", net.transform, [image])
+        pixels = batch.tensors.contiguous(memory_format=torch.channels_last)
+        features = timed("backbone + FPN", net.backbone, pixels)
+        proposals, _ = timed("RPN", net.rpn, batch, features)
+        features = {k: v.contiguous() for k, v in features.items()}
+        sizes = batch.image_sizes
+        pooled = timed("box RoI pooling", heads.box_roi_pool, features, proposals, sizes)
+        logits, deltas = timed("box head", box_head, pooled)
+        boxes, _, _ = timed("box post-processing", heads.postprocess_detections, logits, deltas,
+                            proposals, sizes)
+        pooled = timed("mask RoI pooling", heads.mask_roi_pool, features, boxes, sizes)
+        probs = timed("mask head", mask_head, pooled)
+        timed("paste to RLE", paste_masks_to_rles, probs[:, :1], boxes[0], sizes[0])
+    return {name: statistics.median(values[1:]) for name, values in times.items()}
 
 
 def describe(device: str) -> str:

@@ -50,7 +50,7 @@ from instseg.models.weights import (
 )
 from instseg.utils import resolvers  # noqa: F401  (registers ${cwd:} for conf/paths)
 from instseg.utils.environment import restore_rng_states, rng_states, write_environment
-from instseg.utils.errors import InstsegError
+from instseg.utils.errors import InstsegError, exit_on_user_error
 from instseg.utils.sweeps import ddp_children_run_this_job
 
 log = logging.getLogger(__name__)
@@ -398,10 +398,8 @@ def run_cli(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> 
     """Entry-script wrapper: user errors end in one message and exit status 1; a run stopped
     by SIGTERM (its checkpoint saved) exits with 143, as a process killed by it would."""
     try:
-        metrics = task(cfg)
-    except InstsegError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        with exit_on_user_error():
+            metrics = task(cfg)
     except SIGTERMException:  # Lightning's SystemExit, status 0 by itself
         sys.exit(128 + signal.SIGTERM)
     return metrics.get(MONITOR)  # what a Hydra sweeper optimises

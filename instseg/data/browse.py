@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,7 +52,7 @@ from instseg.data.validation import to_rle
 from instseg.demo.predictor import Instances
 from instseg.demo.render import category_color, draw_instances, label_font
 from instseg.pipeline import CONFIG_DIR
-from instseg.utils.errors import InstsegError
+from instseg.utils.errors import InstsegError, exit_on_user_error
 
 log = logging.getLogger(__name__)
 
@@ -300,11 +299,8 @@ def _image_table(coco: COCO, image_ids: list[int], pngs: list[Path],
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="browse")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error():
         browse(cfg)
-    except InstsegError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

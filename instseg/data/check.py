@@ -19,7 +19,7 @@ from rich.table import Table
 from instseg.data.categories import CategoryMap
 from instseg.data.validation import ERROR, KINDS, SKIP, CheckedAnnotations, Problem, check_split
 from instseg.pipeline import CONFIG_DIR
-from instseg.utils.errors import InstsegError
+from instseg.utils.errors import InstsegError, exit_on_user_error
 
 
 def splits_to_check(cfg: DictConfig) -> dict[str, tuple[Path, Path]]:
@@ -101,11 +101,8 @@ def exit_status(problems: list[Problem], strict: bool) -> int:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="check")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error():
         problems = check_dataset(cfg)
-    except InstsegError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
     sys.exit(exit_status(problems, cfg.strict))
 
 

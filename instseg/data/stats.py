@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from instseg.data.browse import dataset_split
 from instseg.data.coco import load_checked
 from instseg.data.images import UnreadableImage, read_header
 from instseg.pipeline import CONFIG_DIR
-from instseg.utils.errors import InstsegError
+from instseg.utils.errors import exit_on_user_error
 
 matplotlib.use("Agg")  # headless: plots go to files
 
@@ -356,11 +355,8 @@ def dataset_stats(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="stats")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error():
         dataset_stats(cfg)
-    except InstsegError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

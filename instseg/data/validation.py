@@ -251,34 +251,32 @@ def check_annotations(data, source: str | Path,
 
 
 def _valid_images(records: list, src: str, problems: list[Problem]) -> dict[int, dict]:
-    images: dict[int, dict] = {}
-    for i, record in enumerate(records):
-        found = _record_problems(record, IMAGE_FIELDS, {}, f"images[{i}]", src)
-        problems.extend(found)
-        if found:
-            continue
-        if record["id"] in images:
-            first = images[record["id"]]["file_name"]
-            problems.append(Problem("duplicate image id", src, f"images[{i}] "
-                                    f"({record['file_name']}) has the id of {first}",
-                                    image_id=record["id"]))
-        images[record["id"]] = record
-    return images
+    return _unique_records(records, IMAGE_FIELDS, "image", "file_name", src, problems)
 
 
 def _valid_categories(records: list, src: str, problems: list[Problem]) -> list[dict]:
-    categories: dict[int, dict] = {}
+    return list(_unique_records(records, CATEGORY_FIELDS, "category", "name", src,
+                                problems).values())
+
+
+def _unique_records(records: list, fields: dict[str, Field], what: str, label: str, src: str,
+                    problems: list[Problem]) -> dict[int, dict]:
+    """The well-formed records by id; malformed ones and repeated ids become problems
+    (`label`: the field that tells two records of one id apart in the message)."""
+    unique: dict[int, dict] = {}
+    plural = "categories" if what == "category" else f"{what}s"
     for i, record in enumerate(records):
-        found = _record_problems(record, CATEGORY_FIELDS, {}, f"categories[{i}]", src)
+        found = _record_problems(record, fields, {}, f"{plural}[{i}]", src)
         problems.extend(found)
         if found:
             continue
-        if record["id"] in categories:
-            problems.append(Problem("duplicate category id", src, f"categories[{i}] "
-                                    f"({record['name']!r}) has the id of "
-                                    f"{categories[record['id']]['name']!r}"))
-        categories[record["id"]] = record
-    return list(categories.values())
+        if record["id"] in unique:
+            problems.append(Problem(
+                f"duplicate {what} id", src, f"{plural}[{i}] ({record[label]!r}) has the id of "
+                f"{unique[record['id']][label]!r}",
+                image_id=record["id"] if what == "image" else None))
+        unique[record["id"]] = record
+    return unique
 
 
 def _valid_annotations(records: list, src: str, problems: list[Problem]) -> list[dict]:

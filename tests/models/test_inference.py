@@ -53,8 +53,13 @@ def test_threaded_roi_pooling_is_bit_identical():
     boxes = [torch.cat([boxes[0], boxes[0] + torch.rand(300, 2) * 24 + 1], dim=1)]
     pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
     expected = pool(features, boxes, [(64, 64)])
-    with torch.inference_mode():
-        got = ThreadedRoIPool(pool)(features, boxes, [(64, 64)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # with one thread the boxes would not be split
+    try:
+        with torch.inference_mode():
+            got = ThreadedRoIPool(pool)(features, boxes, [(64, 64)])
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(got, expected)
 
 
