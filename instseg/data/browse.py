@@ -192,7 +192,7 @@ def prediction_instances(records: list[dict], coco: COCO, height: int, width: in
                      for c in category_ids],
         masks=(torch.from_numpy(np.stack(masks)).bool() if masks
                else torch.zeros((0, height, width), dtype=torch.bool)),
-        records=[r for r, _ in kept],
+        records_source=lambda: [r for r, _ in kept],
     )
 
 

@@ -15,19 +15,21 @@ keeps the size it was trained at when they are None).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 from torchvision.models.detection import MaskRCNN
 from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
 
 from instseg.data.categories import CategoryMap
 from instseg.data.images import read_rgb
 from instseg.evaluation.detections import ImageDetections
+from instseg.evaluation.paste import paste_masks_to_binary
 from instseg.models.inference import optimize_for_inference, predict_unpasted
 from instseg.utils.errors import InstsegError
 
@@ -41,10 +43,15 @@ class Instances:
     category_ids: torch.Tensor
     class_names: list[str]
     masks: torch.Tensor
-    records: list[dict]
+    # builds `records` when first asked for (RLE-encoding every mask is not free)
+    records_source: Callable[[], list[dict]] = field(default=list, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    @cached_property
+    def records(self) -> list[dict]:
+        return self.records_source()
 
 
 class Predictor:
@@ -112,20 +119,26 @@ class Predictor:
 
     def _instances(self, output: dict) -> Instances:
         keep = output["scores"] >= self.score_threshold
-        output = {k: v[keep] if isinstance(v, torch.Tensor) else v for k, v in output.items()}
-        detections = ImageDetections.from_output(0, output, self.categories)
-        records = detections.records()
-        height, width = output["image_size"]
-        masks = torch.zeros((len(records), height, width), dtype=torch.bool)
-        if records:
-            decoded = mask_utils.decode([r["segmentation"] for r in records])  # [H, W, N]
-            masks = torch.from_numpy(decoded).permute(2, 0, 1).bool()
-        category_ids = torch.as_tensor(detections.category_ids)
+        boxes = output["boxes"][keep].float().cpu()
+        labels = output["labels"][keep].cpu()
+        scores = output["scores"][keep].float().cpu()
+        masks = paste_masks_to_binary(output["mask_probs"][keep].float().cpu(), boxes,
+                                      output["image_size"])
+        category_ids = torch.as_tensor(self.categories.to_category_ids(labels),
+                                       dtype=torch.int64)
         return Instances(
-            boxes=output["boxes"].float().cpu(), scores=output["scores"].float().cpu(),
-            category_ids=category_ids, masks=masks, records=records,
+            boxes=boxes, scores=scores,
+            category_ids=category_ids, masks=masks,
             class_names=[self.names[int(c)] for c in category_ids],
+            records_source=partial(_records, boxes, scores, labels, masks, self.categories),
         )
+
+
+def _records(boxes, scores, labels, masks, categories: CategoryMap) -> list[dict]:
+    """COCO results records (image_id 0): the RLEs of the binary masks, which equal those
+    evaluate.py pastes from the same probabilities."""
+    output = {"boxes": boxes, "scores": scores, "labels": labels, "masks": masks[:, None]}
+    return ImageDetections.from_output(0, output, categories).records()
 
 
 def to_uint8_image(image) -> torch.Tensor:

@@ -25,12 +25,37 @@ def paste_masks_to_rles(
     -> N compressed RLEs ({"size": [H, W], "counts": str}) of
     `paste_masks_in_image(mask_probs, boxes, image_size) > threshold`."""
     height, width = image_size
-    if len(mask_probs) == 0:
-        return []
-    masks, scale = expand_masks(mask_probs, padding=padding)
-    boxes = expand_boxes(boxes, scale).to(dtype=torch.int64).tolist()
     canvas = np.zeros((height, width), dtype=np.uint8, order="F")
     rles = []
+    for (top, bottom, left, right), region in _pasted_regions(mask_probs, boxes, image_size,
+                                                              threshold, padding):
+        canvas[top:bottom, left:right] = region.numpy()
+        rle = mask_utils.encode(canvas)
+        rles.append({"size": rle["size"], "counts": rle["counts"].decode("ascii")})
+        canvas[top:bottom, left:right] = 0
+    return rles
+
+
+def paste_masks_to_binary(
+    mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
+    threshold: float = 0.5, padding: int = 1,
+) -> torch.Tensor:
+    """The same masks as `paste_masks_to_rles`, as bool [N, H, W]."""
+    masks = torch.zeros((len(mask_probs), *image_size), dtype=torch.bool)
+    for index, ((top, bottom, left, right), region) in enumerate(
+            _pasted_regions(mask_probs, boxes, image_size, threshold, padding)):
+        masks[index, top:bottom, left:right] = region
+    return masks
+
+
+def _pasted_regions(mask_probs, boxes, image_size, threshold, padding):
+    """Per detection: the (top, bottom, left, right) of its box clipped to the image, and the
+    bool mask inside it."""
+    height, width = image_size
+    if len(mask_probs) == 0:
+        return
+    masks, scale = expand_masks(mask_probs, padding=padding)
+    boxes = expand_boxes(boxes, scale).to(dtype=torch.int64).tolist()
     for mask, (x0, y0, x1, y1) in zip(masks[:, 0], boxes, strict=True):
         w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
         patch = F.interpolate(mask[None, None], size=(h, w), mode="bilinear",
@@ -40,8 +65,4 @@ def paste_masks_to_rles(
         left, top = max(x0, 0), max(y0, 0)
         right, bottom = max(min(x1 + 1, width), left), max(min(y1 + 1, height), top)
         region = patch[top - y0:bottom - y0, left - x0:right - x0] > threshold
-        canvas[top:bottom, left:right] = region.numpy()
-        rle = mask_utils.encode(canvas)
-        rles.append({"size": rle["size"], "counts": rle["counts"].decode("ascii")})
-        canvas[top:bottom, left:right] = 0
-    return rles
+        yield (top, bottom, left, right), region

@@ -8,17 +8,23 @@ does, except that each detection dict keeps the mask head's probabilities,
 the probabilities straight into RLE (`instseg.evaluation.paste`), with identical results.
 
 `optimize_for_inference(net, compile=False)` changes a net in place for inference only (the
-Predictor, the demo and evaluate.py; never a net that trains on): channels_last weights and
-inputs (oneDNN's faster convolutions), RoI pooling split across CPU threads (torchvision's
-CPU RoIAlign kernel runs on one thread; each RoI is pooled independently, so the result is
-bit-identical), and with `compile`, torch.compile of the convolutional parts (backbone +
-FPN, RPN head, mask head) with dynamic shapes and frozen weights (one compilation of about a
-minute, then every image size). Detections agree with the plain net's to rounding
-(benchmarks/bench_inference.py and tests/models/test_inference.py measure by how much).
+Predictor, the demo and evaluate.py; never a net that trains on):
+- everywhere: channels_last weights and inputs (oneDNN's faster convolutions);
+- on CPU: BatchNorm (and torchvision's FrozenBatchNorm2d) folded into the convolution before
+  it; 3x3 convolutions of 128+ channels computed by Winograd's F(4x4, 3x3)
+  (`instseg.models.winograd`: backbone, FPN, RPN head, mask head); RoI pooling split across
+  the threads (torchvision's CPU RoIAlign kernel runs on one; each RoI is pooled
+  independently, so that part is bit-identical); glibc told to reuse freed memory rather
+  than page-fault every large activation afresh (`instseg.utils.memory`, process-wide);
+- with `compile`, torch.compile of the convolutional parts (backbone + FPN, RPN head, mask
+  head) with dynamic shapes and frozen weights (one compilation, then every image size).
+Detections agree with the plain net's to rounding (benchmarks/bench_inference.py and
+tests/models/test_inference.py measure by how much).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -26,12 +32,22 @@ from functools import cache
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from instseg.models.winograd import WinogradConv2d, is_winograd_compatible
+from instseg.utils.memory import reuse_freed_memory
 
 log = logging.getLogger(__name__)
 # Below this many boxes the threads cost more than they save.
 MIN_BOXES_TO_SPLIT = 64
+# Narrower 3x3 convolutions are faster direct (oneDNN) than by Winograd on CPU:
+# `benchmarks/bench_inference.py --convolutions` times both per shape.
+MIN_WINOGRAD_CHANNELS = 128
 
 
 @torch.inference_mode()
@@ -47,19 +63,57 @@ def predict_unpasted(net: MaskRCNN, images: list[torch.Tensor]) -> list[dict[str
     proposals, _ = net.rpn(batch, features)
     if pixels is not batch.tensors:  # channels_last: RoIAlign's CPU kernel wants contiguous
         features = OrderedDict((name, level.contiguous()) for name, level in features.items())
-    detections, _ = net.roi_heads(features, proposals, batch.image_sizes)
+    detections = _roi_heads(net.roi_heads, features, proposals, batch.image_sizes)
     for detection, size, original in zip(detections, batch.image_sizes, original_sizes,
                                          strict=True):
         detection["boxes"] = resize_boxes(detection["boxes"], size, original)
-        detection["mask_probs"] = detection.pop("masks")
         detection["image_size"] = original
     return detections
+
+
+def _roi_heads(heads: RoIHeads, features, proposals, image_sizes) -> list[dict]:
+    """torchvision's RoIHeads.forward at inference, except that the mask logits are computed
+    for each detection's own class only (`_labelled_mask_logits`)."""
+    if heads.keypoint_predictor is not None or not heads.has_mask():
+        raise ValueError("predict_unpasted expects a Mask R-CNN without keypoints")
+    pooled = heads.box_roi_pool(features, proposals, image_sizes)
+    logits, deltas = heads.box_predictor(heads.box_head(pooled))
+    boxes, scores, labels = heads.postprocess_detections(logits, deltas, proposals, image_sizes)
+    pooled = heads.mask_roi_pool(features, boxes, image_sizes)
+    mask_logits = _labelled_mask_logits(heads.mask_predictor, heads.mask_head(pooled),
+                                        torch.cat(labels))
+    mask_probs = mask_logits.sigmoid().split([len(b) for b in boxes])
+    return [{"boxes": b, "scores": s, "labels": lab, "mask_probs": m}
+            for b, s, lab, m in zip(boxes, scores, labels, mask_probs, strict=True)]
+
+
+def _labelled_mask_logits(predictor: nn.Module, features: torch.Tensor,
+                          labels: torch.Tensor) -> torch.Tensor:
+    """[N, 1, M, M] logits of each RoI's class: torchvision's MaskRCNNPredictor (upsampling,
+    ReLU, then a 1x1 convolution to every class) with that last convolution done for the
+    one class that is kept (of 91 for COCO), as a batched dot product over the channels."""
+    if not isinstance(predictor, MaskRCNNPredictor):
+        every_class = predictor(features)
+        return every_class[torch.arange(len(labels)), labels][:, None]
+    upsampled = predictor.relu(predictor.conv5_mask(features))  # [N, C, M, M]
+    n, channels, height, width = upsampled.shape
+    classifier = predictor.mask_fcn_logits
+    weights = classifier.weight[labels].view(n, channels, 1)
+    pixels = upsampled.permute(0, 2, 3, 1).reshape(n, height * width, channels)
+    logits = torch.bmm(pixels, weights).view(n, 1, height, width)
+    return logits + classifier.bias[labels].view(n, 1, 1, 1)
 
 
 def optimize_for_inference(net: MaskRCNN, compile: bool = False) -> MaskRCNN:
     """`net`, changed in place for inference only (see the module docstring)."""
     net.eval()
     device = next(net.parameters()).device
+    if device.type == "cpu":
+        reuse_freed_memory()
+        fold_batch_norms(net)
+        for part in (net.backbone, net.rpn.head, net.roi_heads.mask_head):
+            if part is not None:
+                use_winograd(part)
     net.to(memory_format=torch.channels_last)
     heads = net.roi_heads
     if device.type == "cpu" and torch.get_num_threads() > 1:
@@ -71,6 +125,64 @@ def optimize_for_inference(net: MaskRCNN, compile: bool = False) -> MaskRCNN:
     if compile:
         _compile_convolutions(net)
     return net
+
+
+def fold_batch_norms(module: nn.Module) -> int:
+    """Folds each inference-mode BatchNorm2d / FrozenBatchNorm2d into the convolution that
+    feeds it, replacing the norm by nn.Identity; returns how many. A pair is recognised where
+    the dataflow is certain: consecutive children of an nn.Sequential (torchvision's
+    Conv2dNormActivation, ResNet's downsample) and torchvision's ResNet naming, `convK`
+    followed by `bnK` in the same block (the stem, Bottleneck, BasicBlock)."""
+    folded = 0
+    for parent in list(module.modules()):
+        for conv_name, norm_name in _conv_norm_pairs(parent):
+            conv, norm = getattr(parent, conv_name), getattr(parent, norm_name)
+            setattr(parent, conv_name, _folded(conv, norm))
+            setattr(parent, norm_name, nn.Identity())
+            folded += 1
+    return folded
+
+
+def _conv_norm_pairs(parent: nn.Module) -> list[tuple[str, str]]:
+    children = dict(parent.named_children())
+    if isinstance(parent, nn.Sequential):
+        names = list(children)
+        candidates = list(zip(names, names[1:], strict=False))
+    else:
+        candidates = [(name, "bn" + name[4:]) for name in children if name.startswith("conv")]
+    return [(c, n) for c, n in candidates
+            if type(children.get(c)) is nn.Conv2d and _is_inference_norm(children.get(n))
+            and children[c].out_channels == children[n].num_features]
+
+
+def _is_inference_norm(module: nn.Module | None) -> bool:
+    if isinstance(module, FrozenBatchNorm2d):
+        return True
+    return (type(module) is nn.BatchNorm2d and not module.training
+            and module.running_mean is not None)
+
+
+def _folded(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
+    eps = norm.eps
+    # FrozenBatchNorm2d has no affine flag: its weight and bias always exist.
+    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean,
+                                        norm.running_var, eps, norm.weight, norm.bias)
+    fused = copy.deepcopy(conv)
+    fused.weight, fused.bias = weight, bias
+    return fused
+
+
+def use_winograd(module: nn.Module) -> int:
+    """Replaces the 3x3/stride 1 convolutions of `module` with MIN_WINOGRAD_CHANNELS or more
+    input and output channels by WinogradConv2d; returns how many."""
+    replaced = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if (is_winograd_compatible(child)
+                    and min(child.in_channels, child.out_channels) >= MIN_WINOGRAD_CHANNELS):
+                setattr(parent, name, WinogradConv2d.from_conv(child))
+                replaced += 1
+    return replaced
 
 
 def _is_channels_last(net: MaskRCNN) -> bool:
