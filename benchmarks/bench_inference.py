@@ -4,25 +4,33 @@ same CPU, in one run, with the outputs compared.
     python benchmarks/bench_inference.py [--ckpt PATH] [--sizes 320 512 800] [--runs 5]
                                          [--compile] [--device cuda]
                                          [--precisions 32-true 16-mixed] [--stages]
+                                         [--convolutions]
 
 plain:  `net.eval()`, `with torch.no_grad(): net([image])` (torchvision pastes every mask at
-        full resolution as float)
-ours:   `Predictor(net, ..., score_threshold=0).predict([image])` (channels_last, RoI pooling
-        on all threads, masks pasted straight into RLE and returned as bool masks; with
-        --compile also torch.compile of the convolutional parts)
-Each size: median of --runs timed runs after one warm-up run (and, with --compile, the
-compilation, timed separately); on CUDA each run ends with a synchronize. --precisions adds
-rows of autocast inference (Predictor precision=16-mixed / bf16-mixed) against the same fp32
+        full resolution as float), in a Python process of its own, as a user runs it.
+ours:   `Predictor(net, ..., score_threshold=0).predict([image])` in a process of its own:
+        instseg.models.inference.optimize_for_inference (BatchNorm folded, Winograd 3x3
+        convolutions, channels_last, RoI pooling on all threads, glibc reusing freed memory),
+        mask logits of the kept class only, masks pasted straight to bool; with --compile
+        also torch.compile of the convolutional parts.
+plain, reused memory (CPU only): plain again, in a process where instseg.utils.memory's
+        allocator setting was made first, to show how much of the ratio that setting is.
+Each path: one warm-up run (and, with --compile, the compilation, timed separately), then the
+median of --runs timed runs; on CUDA each run ends with a synchronize. --precisions adds rows
+of autocast inference (Predictor precision=16-mixed / bf16-mixed) against the same fp32
 plain run: their outputs are expected to differ by more than the fp32 tolerances.
-Outputs: same number of detections and labels, boxes and
-scores within 1e-3, every binary mask (> 0.5) with IoU >= 0.99 against the plain one.
+Outputs of the last run compared: same number of detections and labels, boxes and scores
+within 1e-3, every binary mask (> 0.5) with IoU >= 0.99 against the plain one.
 
 --stages: then the seconds of each stage of ours (median of --runs), to see where the time goes.
+--convolutions: 3x3 convolutions of R50-FPN's shapes, oneDNN's direct ones against
+instseg.models.winograd, to see where Winograd pays.
 
 Model: the checkpoint's (--ckpt) or, without one,
 torchvision's maskrcnn_resnet50_fpn with seeded random weights (timings are those of the
-architecture; its near-tied random scores may be ordered differently by rounding, which the
-comparison then reports). Images: the coco-sample photos from ../shared/data (640 px).
+architecture; its untrained heads give near-tied scores and mask probabilities near 0.5,
+which rounding changes, so the comparison is only meaningful on a trained model).
+Images: the coco-sample photos from ../shared/data (640 px).
 """
 
 from __future__ import annotations
@@ -30,8 +38,11 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -43,7 +54,12 @@ from instseg.data.categories import CategoryMap  # noqa: E402
 from instseg.data.images import read_rgb  # noqa: E402
 from instseg.demo.predictor import Predictor  # noqa: E402
 from instseg.evaluation.paste import paste_masks_to_rles  # noqa: E402
-from instseg.models.inference import optimize_for_inference  # noqa: E402
+from instseg.models.inference import (  # noqa: E402
+    _labelled_mask_logits,
+    optimize_for_inference,
+)
+from instseg.models.winograd import WinogradConv2d  # noqa: E402
+from instseg.utils.memory import reuse_freed_memory  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "coco-sample" / "images"
 TOLERANCE, MIN_IOU = 1e-3, 0.99
@@ -81,18 +97,19 @@ def compare(plain: list[dict], ours: list, categories: CategoryMap) -> dict:
     """Worst differences over all images; `match` by the issue's tolerances."""
     worst = {"count_equal": True, "labels_equal": True, "box": 0.0, "score": 0.0, "iou": 1.0}
     for expected, got in zip(plain, ours, strict=True):
-        if len(expected["scores"]) != len(got):
+        if len(expected["scores"]) != len(got["scores"]):
             worst["count_equal"] = False
             continue
         ids = categories.to_category_ids(expected["labels"])
-        worst["labels_equal"] &= ids == got.category_ids.tolist()
-        if not len(got):
+        worst["labels_equal"] &= ids == got["category_ids"].tolist()
+        if not len(got["scores"]):
             continue
-        worst["box"] = max(worst["box"], (expected["boxes"] - got.boxes).abs().max().item())
-        worst["score"] = max(worst["score"], (expected["scores"] - got.scores).abs().max().item())
-        binary = expected["masks"][:, 0] > 0.5
-        inter = (binary & got.masks).flatten(1).sum(1).double()
-        union = (binary | got.masks).flatten(1).sum(1).double()
+        worst["box"] = max(worst["box"], (expected["boxes"] - got["boxes"]).abs().max().item())
+        worst["score"] = max(worst["score"],
+                             (expected["scores"] - got["scores"]).abs().max().item())
+        binary, other = expected["masks"], got["masks"]
+        inter = (binary & other).flatten(1).sum(1).double()
+        union = (binary | other).flatten(1).sum(1).double()
         iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
         worst["iou"] = min(worst["iou"], iou.min().item())
     worst["match"] = (worst["count_equal"] and worst["labels_equal"] and worst["box"] <= TOLERANCE
@@ -110,28 +127,71 @@ def synchronized(run, device: str):
     return call
 
 
-def bench_size(net, categories, images, size: int, args, precision: str) -> dict:
+def timed_runs(run, runs: int) -> dict:
+    """{"first": seconds of the warm-up run, "seconds": median of `runs`, "outputs": last}."""
+    start = time.perf_counter()
+    run()  # warm-up (and compilation)
+    first = time.perf_counter() - start
+    return {"first": first, "seconds": median_seconds(run, runs), "outputs": run()}
+
+
+def run_plain(net, images, size: int, args) -> dict:
     plain_net = copy.deepcopy(net).to(args.device)
     set_size(plain_net, size)
     on_device = [image.to(args.device) for image in images]
 
-    def run_plain():
+    def run():
         with torch.no_grad():
-            return [{k: v.cpu() for k, v in out.items()} for out in plain_net(on_device)]
+            outputs = plain_net(on_device)
+        return [{"boxes": o["boxes"].cpu(), "scores": o["scores"].cpu(),
+                 "labels": o["labels"].cpu(), "masks": o["masks"][:, 0].cpu() > 0.5}
+                for o in outputs]
+    return timed_runs(synchronized(run, args.device), args.runs)
 
+
+def run_ours(net, categories, images, size: int, args, precision: str) -> dict:
     predictor = Predictor(copy.deepcopy(net), categories, score_threshold=0.0, min_size=size,
                           max_size=round(size * 1333 / 800), device=args.device,
                           compile=args.compile, precision=precision)
-    plain = synchronized(run_plain, args.device)
-    ours = synchronized(lambda: predictor.predict(images), args.device)
-    start = time.perf_counter()
-    ours()  # warm-up (and compilation)
-    row = {"size": size, "precision": precision, "first_ours": time.perf_counter() - start}
-    plain()  # warm-up
-    row["plain"] = median_seconds(plain, args.runs)
-    row["ours"] = median_seconds(ours, args.runs)
-    row.update(compare(plain(), ours(), categories))
-    return row
+
+    def run():
+        return [{"boxes": i.boxes, "scores": i.scores, "category_ids": i.category_ids,
+                 "masks": i.masks} for i in predictor.predict(images)]
+    return timed_runs(synchronized(run, args.device), args.runs)
+
+
+def worker(args) -> None:
+    """One path (args.worker) at every size, in this process; results to args.out."""
+    if args.worker == "plain-reused-memory":
+        reuse_freed_memory()
+    net, categories = load_model(args.ckpt)
+    images = load_images(args)
+    results = {}
+    for size in args.sizes:
+        if args.worker == "ours":
+            for precision in args.precisions:
+                results[size, precision] = run_ours(net, categories, images, size, args,
+                                                    precision)
+        else:
+            results[size] = run_plain(net, images, size, args)
+    torch.save(results, args.out)
+    if args.stages and args.worker == "ours" and args.device == "cpu":
+        for size in args.sizes:
+            stages = stage_seconds(net, images[0], size, args.runs)
+            print(f"stages of ours at {size} px (s): " + ", ".join(
+                f"{name} {seconds:.3f}" for name, seconds in stages.items()), flush=True)
+
+
+def in_subprocess(role: str, argv: list[str], folder: Path) -> dict:
+    out = folder / f"{role}.pt"
+    subprocess.run([sys.executable, __file__, *argv, "--worker", role, "--out", str(out)],
+                   check=True)
+    return torch.load(out, weights_only=False)
+
+
+def load_images(args) -> list[torch.Tensor]:
+    files = sorted(args.image_dir.glob("*.jpg"))[: args.images]
+    return [read_rgb(f).float() / 255 for f in files]
 
 
 def main() -> None:
@@ -148,27 +208,37 @@ def main() -> None:
                         help="ours: 32-true, 16-mixed, bf16-mixed (autocast)")
     parser.add_argument("--stages", action="store_true",
                         help="also time each stage of ours (CPU)")
-    args = parser.parse_args()
-    net, categories = load_model(args.ckpt)
-    files = sorted(args.image_dir.glob("*.jpg"))[: args.images]
-    images = [read_rgb(f).float() / 255 for f in files]
+    parser.add_argument("--convolutions", action="store_true",
+                        help="also time direct vs Winograd 3x3 convolutions (CPU)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args, argv = parser.parse_args(), sys.argv[1:]
+    if args.worker:
+        return worker(args)
+    images = load_images(args)
     print(f"model: {args.ckpt or 'torchvision maskrcnn_resnet50_fpn (seeded random weights)'}; "
           f"{len(images)} image(s) {[tuple(i.shape[-2:]) for i in images]}; "
           f"{torch.get_num_threads()} threads; torch {torch.__version__}; "
-          f"compile={args.compile}; device {describe(args.device)}")
-    header = (f"{'size':>5} {'ours precision':>14} {'plain s':>8} {'ours s':>8} {'ratio':>6} "
-              f"{'dets':>5} {'max|dbox|':>10} {'max|dscore|':>11} {'min IoU':>8} "
-              f"{'match':>6} {'1st ours s':>10}")
-    print(header)
+          f"compile={args.compile}; device {describe(args.device)}", flush=True)
+    roles = ["plain", "ours"] + (["plain-reused-memory"] if args.device == "cpu" else [])
+    with tempfile.TemporaryDirectory() as folder:
+        results = {role: in_subprocess(role, argv, Path(folder)) for role in roles}
+    _, categories = load_model(args.ckpt)
+    print(f"{'size':>5} {'ours precision':>14} {'plain s':>8} {'ours s':>8} {'ratio':>6} "
+          f"{'dets':>5} {'max|dbox|':>10} {'max|dscore|':>11} {'min IoU':>8} "
+          f"{'match':>6} {'1st ours s':>10} {'plain, reused memory s':>22}")
     for size in args.sizes:
+        plain = results["plain"][size]
+        reused = results.get("plain-reused-memory", {}).get(size)
         for precision in args.precisions:
-            row = bench_size(net, categories, images, size, args, precision)
+            ours = results["ours"][size, precision]
+            row = {"size": size, "precision": precision, "plain": plain["seconds"],
+                   "ours": ours["seconds"], "first_ours": ours["first"],
+                   "reused": reused and reused["seconds"]}
+            row.update(compare(plain["outputs"], ours["outputs"], categories))
             print_row(row)
-    if args.stages and args.device == "cpu":
-        for size in args.sizes:
-            stages = stage_seconds(net, images[0], size, args.runs)
-            print(f"stages of ours at {size} px (s): " + ", ".join(
-                f"{name} {seconds:.3f}" for name, seconds in stages.items()))
+    if args.convolutions:
+        print_convolutions()
 
 
 @torch.inference_mode()
@@ -188,22 +258,22 @@ def stage_seconds(net, image: torch.Tensor, size: int, runs: int) -> dict[str, f
     def box_head(pooled):
         return heads.box_predictor(heads.box_head(pooled))
 
-    def mask_head(pooled):
-        return heads.mask_predictor(heads.mask_head(pooled)).sigmoid()
+    def mask_head(pooled, labels):
+        return _labelled_mask_logits(heads.mask_predictor, heads.mask_head(pooled),
+                                     labels).sigmoid()
 
     for _ in range(runs + 1):  # the first is a warm-up
         batch, _ = timed("transform", net.transform, [image])
         pixels = batch.tensors.contiguous(memory_format=torch.channels_last)
         features = timed("backbone + FPN", net.backbone, pixels)
         proposals, _ = timed("RPN", net.rpn, batch, features)
-        features = {k: v.contiguous() for k, v in features.items()}
         sizes = batch.image_sizes
         pooled = timed("box RoI pooling", heads.box_roi_pool, features, proposals, sizes)
         logits, deltas = timed("box head", box_head, pooled)
-        boxes, _, _ = timed("box post-processing", heads.postprocess_detections, logits, deltas,
-                            proposals, sizes)
+        boxes, _, labels = timed("box post-processing", heads.postprocess_detections, logits,
+                                 deltas, proposals, sizes)
         pooled = timed("mask RoI pooling", heads.mask_roi_pool, features, boxes, sizes)
-        probs = timed("mask head", mask_head, pooled)
+        probs = timed("mask head", mask_head, pooled, labels[0])
         timed("paste to RLE", paste_masks_to_rles, probs[:, :1], boxes[0], sizes[0])
     return {name: statistics.median(values[1:]) for name, values in times.items()}
 
@@ -219,7 +289,35 @@ def print_row(row: dict) -> None:
           f"{row['plain'] / row['ours']:>5.2f}x "
           f"{'=' if row['count_equal'] else '!=':>5} {row['box']:>10.2e} "
           f"{row['score']:>11.2e} {row['iou']:>8.4f} {str(row['match']):>6} "
-          f"{row['first_ours']:>10.1f}", flush=True)
+          f"{row['first_ours']:>10.1f} "
+          f"{'' if row['reused'] is None else format(row['reused'], '.3f'):>22}", flush=True)
+
+
+# 3x3/stride 1 convolutions of R50-FPN at 800 px and of its mask head: (channels, H, W, batch)
+CONVOLUTIONS = [(64, 200, 272, 1), (128, 100, 136, 1), (256, 50, 68, 1), (512, 25, 34, 1),
+                (256, 200, 272, 1), (256, 100, 136, 1), (256, 14, 14, 100)]
+
+
+@torch.inference_mode()
+def print_convolutions() -> None:
+    """oneDNN's direct convolution (channels_last, as optimize_for_inference leaves the
+    others) against WinogradConv2d on the same input, median of 7 runs each."""
+    reuse_freed_memory()  # as in the Predictor's process
+    print(f"{'channels':>8} {'H x W':>9} {'batch':>5} {'direct s':>9} {'winograd s':>10} "
+          f"{'ratio':>6} {'max rel diff':>12}")
+    torch.manual_seed(0)
+    for channels, height, width, batch in CONVOLUTIONS:
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1).eval()
+        conv.to(memory_format=torch.channels_last)
+        x = torch.randn(batch, channels, height, width).contiguous(
+            memory_format=torch.channels_last)
+        winograd = WinogradConv2d.from_conv(conv)
+        direct_s = median_seconds(partial(conv, x), 7)
+        winograd_s = median_seconds(partial(winograd, x), 7)
+        expected = conv(x)
+        diff = ((winograd(x) - expected).abs().max() / expected.abs().max()).item()
+        print(f"{channels:>8} {f'{height}x{width}':>9} {batch:>5} {direct_s:>9.4f} "
+              f"{winograd_s:>10.4f} {direct_s / winograd_s:>5.2f}x {diff:>12.1e}", flush=True)
 
 
 if __name__ == "__main__":

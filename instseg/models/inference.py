@@ -1,8 +1,9 @@
 """Mask R-CNN inference that stops before pasting masks at full resolution, and the
 inference-only optimisations of a net.
 
-`predict_unpasted(net, images)` runs a torchvision MaskRCNN exactly as `net.eval()(images)`
-does, except that each detection dict keeps the mask head's probabilities,
+`predict_unpasted(net, images)` runs a torchvision MaskRCNN as `net.eval()(images)` does
+(the mask logits computed for each detection's own class only), except that each detection
+dict keeps the mask head's probabilities,
 "mask_probs" float [N, 1, 28, 28], instead of "masks" [N, 1, H, W], and carries
 "image_size" (H, W). Boxes are XYXY in original image pixels, as usual. The evaluator pastes
 the probabilities straight into RLE (`instseg.evaluation.paste`), with identical results.
@@ -12,10 +13,10 @@ Predictor, the demo and evaluate.py; never a net that trains on):
 - everywhere: channels_last weights and inputs (oneDNN's faster convolutions);
 - on CPU: BatchNorm (and torchvision's FrozenBatchNorm2d) folded into the convolution before
   it; 3x3 convolutions of 128+ channels computed by Winograd's F(4x4, 3x3)
-  (`instseg.models.winograd`: backbone, FPN, RPN head, mask head); RoI pooling split across
-  the threads (torchvision's CPU RoIAlign kernel runs on one; each RoI is pooled
-  independently, so that part is bit-identical); glibc told to reuse freed memory rather
-  than page-fault every large activation afresh (`instseg.utils.memory`, process-wide);
+  (`instseg.models.winograd`: backbone, FPN, RPN head, mask head); RoI pooling as one
+  sparse-matrix product per level (`instseg.models.roi_pooling`; torchvision's CPU
+  RoIAlign kernel runs on one thread); glibc told to reuse freed memory rather than
+  page-fault every large activation afresh (`instseg.utils.memory`, process-wide);
 - with `compile`, torch.compile of the convolutional parts (backbone + FPN, RPN head, mask
   head) with dynamic shapes and frozen weights (one compilation, then every image size).
 Detections agree with the plain net's to rounding (benchmarks/bench_inference.py and
@@ -27,8 +28,6 @@ from __future__ import annotations
 import copy
 import logging
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache
 
 import torch
 from torch import nn
@@ -37,14 +36,14 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from instseg.models.roi_pooling import SparseRoIAlign
 from instseg.models.winograd import WinogradConv2d, is_winograd_compatible
 from instseg.utils.memory import reuse_freed_memory
 
 log = logging.getLogger(__name__)
-# Below this many boxes the threads cost more than they save.
-MIN_BOXES_TO_SPLIT = 64
 # Narrower 3x3 convolutions are faster direct (oneDNN) than by Winograd on CPU:
 # `benchmarks/bench_inference.py --convolutions` times both per shape.
 MIN_WINOGRAD_CHANNELS = 128
@@ -61,7 +60,9 @@ def predict_unpasted(net: MaskRCNN, images: list[torch.Tensor]) -> list[dict[str
     if isinstance(features, torch.Tensor):
         features = OrderedDict([("0", features)])
     proposals, _ = net.rpn(batch, features)
-    if pixels is not batch.tensors:  # channels_last: RoIAlign's CPU kernel wants contiguous
+    if pixels is not batch.tensors and pixels.device.type != "cpu":
+        # torchvision's CUDA RoIAlign makes channels_last maps contiguous on every call: once
+        # here (on CPU, SparseRoIAlign wants them channels_last).
         features = OrderedDict((name, level.contiguous()) for name, level in features.items())
     detections = _roi_heads(net.roi_heads, features, proposals, batch.image_sizes)
     for detection, size, original in zip(detections, batch.image_sizes, original_sizes,
@@ -116,12 +117,10 @@ def optimize_for_inference(net: MaskRCNN, compile: bool = False) -> MaskRCNN:
                 use_winograd(part)
     net.to(memory_format=torch.channels_last)
     heads = net.roi_heads
-    if device.type == "cpu" and torch.get_num_threads() > 1:
-        if not isinstance(heads.box_roi_pool, ThreadedRoIPool):
-            heads.box_roi_pool = ThreadedRoIPool(heads.box_roi_pool)
-        if heads.mask_roi_pool is not None and not isinstance(heads.mask_roi_pool,
-                                                              ThreadedRoIPool):
-            heads.mask_roi_pool = ThreadedRoIPool(heads.mask_roi_pool)
+    if device.type == "cpu":
+        for name in ("box_roi_pool", "mask_roi_pool"):
+            if isinstance(getattr(heads, name), MultiScaleRoIAlign):
+                setattr(heads, name, SparseRoIAlign(getattr(heads, name)))
     if compile:
         _compile_convolutions(net)
     return net
@@ -152,7 +151,7 @@ def _conv_norm_pairs(parent: nn.Module) -> list[tuple[str, str]]:
         candidates = [(name, "bn" + name[4:]) for name in children if name.startswith("conv")]
     return [(c, n) for c, n in candidates
             if type(children.get(c)) is nn.Conv2d and _is_inference_norm(children.get(n))
-            and children[c].out_channels == children[n].num_features]
+            and children[c].out_channels == len(children[n].running_mean)]
 
 
 def _is_inference_norm(module: nn.Module | None) -> bool:
@@ -201,38 +200,3 @@ def _compile_convolutions(net: MaskRCNN) -> None:
         if part is not None:
             part.compile(dynamic=True, options=options)
     log.info("torch.compile: backbone, RPN head and mask head (compiled at the first image)")
-
-
-class ThreadedRoIPool(nn.Module):
-    """A torchvision MultiScaleRoIAlign whose boxes are pooled in chunks on parallel threads
-    (torch ops release the GIL); outputs in the original order, bit-identical."""
-
-    def __init__(self, pool: nn.Module) -> None:
-        super().__init__()
-        self.pool = pool
-
-    def forward(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor],
-                image_shapes: list[tuple[int, int]]) -> torch.Tensor:
-        threads = torch.get_num_threads()
-        on_cpu = all(level.device.type == "cpu" for level in features.values())
-        if not on_cpu or sum(len(b) for b in boxes) < MIN_BOXES_TO_SPLIT or threads < 2:
-            return self.pool(features, boxes, image_shapes)
-        # RoIAlign's CPU kernel makes channels_last maps contiguous on every call: once here,
-        # not once per thread (a no-op where predict_unpasted did it already).
-        features = {name: level.contiguous() for name, level in features.items()}
-        # Whole images go to one chunk (the pool maps boxes to their image by list index);
-        # one image's boxes are split into `threads` chunks.
-        if len(boxes) == 1:
-            jobs = [([chunk], image_shapes) for chunk in boxes[0].chunk(threads)]
-            outputs = _executor(threads).map(lambda job: self._pool_one(features, *job), jobs)
-            return torch.cat(list(outputs))
-        return self.pool(features, boxes, image_shapes)
-
-    def _pool_one(self, features, boxes, image_shapes) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.pool(features, boxes, image_shapes)
-
-
-@cache
-def _executor(threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="roi-pool")

@@ -9,10 +9,14 @@ import copy
 
 import pytest
 import torch
-from torchvision.ops import MultiScaleRoIAlign
+from torch import nn
+from torchvision.models import resnet18
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from instseg.demo.predictor import Predictor
-from instseg.models.inference import ThreadedRoIPool
+from instseg.models.inference import fold_batch_norms
+from instseg.models.roi_pooling import SparseRoIAlign
+from instseg.models.winograd import WinogradConv2d
 from instseg.pipeline import module_from_checkpoint
 from tests.conftest import shared_data
 
@@ -35,7 +39,10 @@ def test_optimised_predictor_matches_the_plain_torchvision_net(tiny_checkpoint, 
     with torch.no_grad():
         plain = copy.deepcopy(net)(images)
     predictor = Predictor(copy.deepcopy(net), categories, score_threshold=0.0, device="cpu")
-    assert predictor.net.roi_heads.box_roi_pool.__class__ is ThreadedRoIPool
+    optimised = predictor.net
+    assert isinstance(optimised.roi_heads.box_roi_pool, SparseRoIAlign)
+    assert any(isinstance(m, WinogradConv2d) for m in optimised.backbone.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in optimised.modules())
     ours = predictor.predict(images)
     assert sum(len(o) for o in ours) > 0
     for expected, got in zip(plain, ours, strict=True):
@@ -46,21 +53,28 @@ def test_optimised_predictor_matches_the_plain_torchvision_net(tiny_checkpoint, 
         assert _mask_iou(expected["masks"][:, 0] > 0.5, got.masks).min() >= 0.99
 
 
-def test_threaded_roi_pooling_is_bit_identical():
+@pytest.mark.parametrize("norm", [nn.BatchNorm2d, FrozenBatchNorm2d])
+def test_batch_norms_fold_into_the_convolutions_before_them(norm):
     torch.manual_seed(0)
-    features = {str(i): torch.rand(1, 8, 64 // 2**i, 64 // 2**i) for i in range(4)}
-    boxes = [torch.rand(300, 2) * 40]
-    boxes = [torch.cat([boxes[0], boxes[0] + torch.rand(300, 2) * 24 + 1], dim=1)]
-    pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
-    expected = pool(features, boxes, [(64, 64)])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # with one thread the boxes would not be split
-    try:
-        with torch.inference_mode():
-            got = ThreadedRoIPool(pool)(features, boxes, [(64, 64)])
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(got, expected)
+    body = resnet18(norm_layer=norm).eval()
+    for module in body.modules():  # statistics unlike the defaults, so a wrong fold shows
+        if isinstance(module, norm):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = body(x)
+        assert fold_batch_norms(body) == 20  # stem, 8 blocks x 2, 3 downsamples
+        assert not any(isinstance(m, norm) for m in body.modules())
+        torch.testing.assert_close(body(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_training_batch_norm_is_left_alone():
+    block = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+    assert fold_batch_norms(block.train()) == 0
+    assert isinstance(block[1], nn.BatchNorm2d)
 
 
 def test_half_precision_inference_is_refused_on_a_cpu_with_a_clear_message(tiny_checkpoint):
