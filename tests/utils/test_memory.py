@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
         a, b = torch.ones(56 * 2**20 // 4), torch.ones(40 * 2**20 // 4)
         c = a[:10] + b[:10]
         return torch.ones(20 * 2**20 // 4).sum() + c.sum()
-    for _ in range(3):  # the heap grows to the computation's peak
+    for _ in range(5):  # the heap grows to the computation's peak
         forward()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(5):
@@ -38,4 +38,4 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
 
     pages = 5 * 116 * 2**20 // 4096
     assert faults("default") > pages // 2  # fresh pages every time (huge pages: fewer)
-    assert faults("reuse") < pages // 20
+    assert faults("reuse") < pages // 8  # at most a stray block re-faulted
