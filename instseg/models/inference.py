@@ -18,7 +18,8 @@ Predictor, the demo and evaluate.py; never a net that trains on):
   RoIAlign kernel runs on one thread); glibc told to reuse freed memory rather than
   page-fault every large activation afresh (`instseg.utils.memory`, process-wide);
 - with `compile`, torch.compile of the convolutional parts (backbone + FPN, RPN head, mask
-  head) with dynamic shapes and frozen weights (one compilation, then every image size).
+  head) with dynamic shapes and frozen weights (one compilation, then every image size),
+  in place of Winograd's convolutions.
 Detections agree with the plain net's to rounding (benchmarks/bench_inference.py and
 tests/models/test_inference.py measure by how much).
 """
@@ -112,9 +113,10 @@ def optimize_for_inference(net: MaskRCNN, compile: bool = False) -> MaskRCNN:
     if device.type == "cpu":
         reuse_freed_memory()
         fold_batch_norms(net)
-        for part in (net.backbone, net.rpn.head, net.roi_heads.mask_head):
-            if part is not None:
-                use_winograd(part)
+        # Inductor fails on WinogradConv2d's blocks (torch 2.14); compiled, the direct
+        # convolutions are fused with their ReLUs instead.
+        for part in () if compile else (net.backbone, net.rpn.head, net.roi_heads.mask_head):
+            use_winograd(part)
     net.to(memory_format=torch.channels_last)
     heads = net.roi_heads
     if device.type == "cpu":
@@ -195,7 +197,7 @@ def _compile_convolutions(net: MaskRCNN) -> None:
     # freezing: weights become constants folded into the kernels (BatchNorm into the
     # convolutions, prepacked layouts); right for a net that only predicts from now on.
     options = {"freezing": True} if next(net.parameters()).device.type == "cpu" else {}
-    parts = [net.backbone, net.rpn.head, net.roi_heads.mask_head, net.roi_heads.mask_predictor]
+    parts = [net.backbone, net.rpn.head, net.roi_heads.mask_head]
     for part in parts:
         if part is not None:
             part.compile(dynamic=True, options=options)
