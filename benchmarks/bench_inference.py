@@ -10,7 +10,7 @@ plain:  `net.eval()`, `with torch.no_grad(): net([image])` (torchvision pastes e
         full resolution as float), in a Python process of its own, as a user runs it.
 ours:   `Predictor(net, ..., score_threshold=0).predict([image])` in a process of its own:
         instseg.models.inference.optimize_for_inference (BatchNorm folded, Winograd 3x3
-        convolutions, channels_last, RoI pooling on all threads, glibc reusing freed memory),
+        convolutions, channels_last, sparse-matrix RoIAlign, glibc reusing freed memory),
         mask logits of the kept class only, masks pasted straight to bool; with --compile
         also torch.compile of the convolutional parts.
 plain, reused memory (CPU only): plain again, in a process where instseg.utils.memory's

@@ -231,7 +231,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     else:
         raise InstsegError("evaluate needs ckpt=PATH, or model=... (with model.weights=...) "
                            "and data=...")
-    # Inference only from here: channels_last, threaded RoI pooling (and eval.compile).
+    # Inference only from here: instseg.models.inference.optimize_for_inference (and eval.compile).
     optimize_for_inference(module.net, compile=cfg.eval.get("compile", False))
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[pl.callbacks.RichProgressBar()])
     trainer.validate(module, datamodule=datamodule)
