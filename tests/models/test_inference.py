@@ -85,3 +85,38 @@ def test_half_precision_inference_is_refused_on_a_cpu_with_a_clear_message(tiny_
         Predictor(module.net, categories, device="cpu", precision="16-mixed")
     with pytest.raises(InstsegError, match="expected one of"):
         Predictor(module.net, categories, device="cpu", precision="fp8")
+
+
+@pytest.mark.parametrize("model", ["mobilenet_v3_fpn", "r50_fpn", "r50_fpn_v2", "small_cpu"])
+def test_every_optimised_part_of_the_zoo_models_computes_what_it_replaces(model, tmp_path):
+    """Random weights give near-tied detections, so the parts are compared, not detections:
+    backbone + FPN (folded norms, Winograd), RPN head, mask head (Winograd), RoI pooling."""
+    from instseg.models.inference import optimize_for_inference, predict_unpasted
+    from tests.models.test_zoo import build
+
+    torch.manual_seed(0)
+    plain = build(tmp_path, model, 5).eval()
+    net = optimize_for_inference(copy.deepcopy(plain))
+    pixels = torch.rand(1, 3, 128, 160)
+    heads, plain_heads = net.roi_heads, plain.roi_heads
+    with torch.no_grad():
+        expected, got = plain.backbone(pixels), net.backbone(
+            pixels.contiguous(memory_format=torch.channels_last))
+        for name in expected:
+            _assert_relatively_close(got[name], expected[name])
+        for ours, theirs in zip(net.rpn.head(list(got.values())),
+                                plain.rpn.head(list(expected.values())), strict=True):
+            for level_ours, level_theirs in zip(ours, theirs, strict=True):
+                _assert_relatively_close(level_ours, level_theirs)
+        boxes = [torch.tensor([[4.0, 6, 60, 90], [30, 20, 150, 120], [0, 0, 160, 128]])]
+        pooled = plain_heads.mask_roi_pool(expected, boxes, [(128, 160)])
+        _assert_relatively_close(heads.mask_roi_pool(got, boxes, [(128, 160)]), pooled)
+        _assert_relatively_close(heads.mask_head(pooled), plain_heads.mask_head(pooled))
+    (detections,) = predict_unpasted(net, [torch.rand(3, 100, 120)])
+    assert detections["mask_probs"].shape[1:] == (1, 28, 28)
+    assert detections["image_size"] == (100, 120)
+
+
+def _assert_relatively_close(got: torch.Tensor, expected: torch.Tensor) -> None:
+    scale = expected.abs().max().item() or 1.0
+    torch.testing.assert_close(got, expected, atol=1e-4 * scale, rtol=0)
