@@ -231,9 +231,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     else:
         raise InstsegError("evaluate needs ckpt=PATH, or model=... (with model.weights=...) "
                            "and data=...")
-    # Inference only from here: instseg.models.inference.optimize_for_inference (and eval.compile).
-    optimize_for_inference(module.net, compile=cfg.eval.get("compile", False))
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[pl.callbacks.RichProgressBar()])
+    # Inference only from here, optimised for the device it will run on (the CPU-only
+    # optimisations must not follow the net onto a GPU).
+    module.to(trainer.strategy.root_device)
+    optimize_for_inference(module.net, compile=cfg.eval.get("compile", False))
     trainer.validate(module, datamodule=datamodule)
 
     metrics = {f"val/{k}": v for k, v in module.last_metrics.items()}

@@ -43,8 +43,9 @@ class Instances:
     category_ids: torch.Tensor
     class_names: list[str]
     masks: torch.Tensor
-    # builds `records` when first asked for (RLE-encoding every mask is not free)
-    records_source: Callable[[], list[dict]] = field(default=list, repr=False, compare=False)
+    # builds `records` when first asked for (RLE-encoding every mask is not free); from the
+    # tensors above, so change them only through a new Instances
+    records_source: Callable[[], list[dict]] = field(repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -59,10 +60,12 @@ class Predictor:
         self, net: MaskRCNN, categories: CategoryMap, score_threshold: float = 0.7,
         min_size: int | None = None, max_size: int | None = None, device: str = "auto",
         optimize: bool = True, compile: bool = False, precision: str = "32-true",
+        reuse_memory: bool = True,
     ) -> None:
-        """`optimize`/`compile`: instseg.models.inference.optimize_for_inference (changes
-        `net` in place: give a copy if it trains on). `precision`: 32-true, or 16-mixed /
-        bf16-mixed for autocast inference on a CUDA device."""
+        """`optimize`/`compile`/`reuse_memory`: instseg.models.inference.optimize_for_inference
+        (changes `net` in place: give a copy if it trains on; `reuse_memory` changes glibc's
+        allocator for the whole process). `precision`: 32-true, or 16-mixed / bf16-mixed for
+        autocast inference on a CUDA device."""
         if precision not in AUTOCAST:
             raise InstsegError(f"precision={precision!r}: expected one of {list(AUTOCAST)}")
         self.autocast_dtype = AUTOCAST[precision]
@@ -72,7 +75,7 @@ class Predictor:
                                "RoIAlign has no half-precision kernel); use 32-true on a CPU")
         self.net = net.eval().to(self.device)
         if optimize:
-            optimize_for_inference(self.net, compile=compile)
+            optimize_for_inference(self.net, compile=compile, reuse_memory=reuse_memory)
         if min_size is not None:
             self.net.transform.min_size = (int(min_size),)
         if max_size is not None:

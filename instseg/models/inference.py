@@ -94,9 +94,9 @@ def _labelled_mask_logits(predictor: nn.Module, features: torch.Tensor,
     """[N, 1, M, M] logits of each RoI's class: torchvision's MaskRCNNPredictor (upsampling,
     ReLU, then a 1x1 convolution to every class) with that last convolution done for the
     one class that is kept (of 91 for COCO), as a batched dot product over the channels."""
-    if not isinstance(predictor, MaskRCNNPredictor):
+    if type(predictor) is not MaskRCNNPredictor:  # a subclass may compute otherwise
         every_class = predictor(features)
-        return every_class[torch.arange(len(labels)), labels][:, None]
+        return every_class[torch.arange(len(labels), device=labels.device), labels][:, None]
     upsampled = predictor.relu(predictor.conv5_mask(features))  # [N, C, M, M]
     n, channels, height, width = upsampled.shape
     classifier = predictor.mask_fcn_logits
@@ -106,12 +106,15 @@ def _labelled_mask_logits(predictor: nn.Module, features: torch.Tensor,
     return logits + classifier.bias[labels].view(n, 1, 1, 1)
 
 
-def optimize_for_inference(net: MaskRCNN, compile: bool = False) -> MaskRCNN:
-    """`net`, changed in place for inference only (see the module docstring)."""
+def optimize_for_inference(net: MaskRCNN, compile: bool = False,
+                           reuse_memory: bool = True) -> MaskRCNN:
+    """`net`, changed in place for inference only (see the module docstring); call it on the
+    device the net will run on. `reuse_memory=False` leaves the C allocator alone."""
     net.eval()
     device = next(net.parameters()).device
     if device.type == "cpu":
-        reuse_freed_memory()
+        if reuse_memory:
+            reuse_freed_memory()
         fold_batch_norms(net)
         # Inductor fails on WinogradConv2d's blocks (torch 2.14); compiled, the direct
         # convolutions are fused with their ReLUs instead.

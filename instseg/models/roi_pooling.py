@@ -12,8 +12,9 @@ same sample points, the same clamping at the borders, zero outside [-1, size]).
 
 Output: [K, C, P, P] float32 like the wrapped pool's, for the boxes of all images in list
 order; it differs from torchvision's by summation order only (about 1e-7 of the features'
-magnitude; tests/models/test_roi_pooling.py). Anything else (CUDA tensors,
-sampling_ratio <= 0 that adapts the points to each box) goes to the wrapped pool unchanged.
+magnitude; tests/models/test_roi_pooling.py). Anything else (CUDA tensors, other dtypes or
+autocast, sampling_ratio <= 0 that adapts the points to each box) goes to the wrapped pool
+unchanged.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class SparseRoIAlign(nn.Module):
                 image_shapes: list[tuple[int, int]]) -> torch.Tensor:
         pool = self.pool
         levels = _filter_input(features, pool.featmap_names)
-        if pool.sampling_ratio <= 0 or any(level.device.type != "cpu" for level in levels):
+        if (pool.sampling_ratio <= 0 or torch.is_autocast_enabled("cpu")
+                or any(level.device.type != "cpu" or level.dtype != torch.float32
+                       for level in levels)):
             return pool(features, boxes, image_shapes)
         if pool.scales is None or pool.map_levels is None:
             pool.scales, pool.map_levels = _setup_scales(levels, image_shapes,
@@ -68,6 +71,9 @@ def _align_level(level: torch.Tensor, boxes: torch.Tensor, images: torch.Tensor,
     weights = y_weights[:, :, None, :, None] * x_weights[:, None, :, None, :] / (points * points)
     per_row = columns.shape[-1] * columns.shape[-2]
     row_starts = torch.arange(0, count * rows_out * cols_out * per_row + 1, per_row)
+    # A row's columns are unsorted and may repeat (samples sharing a pixel, clamped borders):
+    # CSR times dense sums them all the same (the border tests check it), but the tensor is
+    # outside what check_invariants accepts, so it is built unchecked.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         sampling = torch.sparse_csr_tensor(row_starts, columns.reshape(-1), weights.reshape(-1),
@@ -88,13 +94,14 @@ def _axis_samples(start: torch.Tensor, extent: torch.Tensor, bins: int, points: 
     bin_size = extent / bins
     at = (start[:, None] + (step // points) * bin_size[:, None]
           + ((step % points) + 0.5) * bin_size[:, None] / points)
-    inside = ((at >= -1.0) & (at <= length)).to(start.dtype)
+    inside = (at >= -1.0) & (at <= length)
     at = at.clamp(min=0)
-    low = at.floor().to(torch.int64)
-    past_end = low >= length - 1
-    low = torch.where(past_end, torch.full_like(low, length - 1), low)
+    # clamped for non-finite boxes too (no read outside the map; finite ones are inside)
+    low = at.floor().nan_to_num(0.0).clamp(0, length - 1).to(torch.int64)
+    past_end = low >= length - 1  # torchvision: low = high = the last pixel, fraction 0
     high = torch.where(past_end, low, low + 1)
     fraction = torch.where(past_end, torch.zeros_like(at), at - low.to(at.dtype))
     indices = torch.stack([low, high], dim=-1).view(len(start), bins, 2 * points)
-    weights = torch.stack([(1 - fraction) * inside, fraction * inside], dim=-1)
+    weights = torch.stack([1 - fraction, fraction], dim=-1)
+    weights = torch.where(inside[..., None], weights, torch.zeros_like(weights))
     return indices, weights.view(len(start), bins, 2 * points)

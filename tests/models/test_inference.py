@@ -56,13 +56,7 @@ def test_optimised_predictor_matches_the_plain_torchvision_net(tiny_checkpoint, 
 @pytest.mark.parametrize("norm", [nn.BatchNorm2d, FrozenBatchNorm2d])
 def test_batch_norms_fold_into_the_convolutions_before_them(norm):
     torch.manual_seed(0)
-    body = resnet18(norm_layer=norm).eval()
-    for module in body.modules():  # statistics unlike the defaults, so a wrong fold shows
-        if isinstance(module, norm):
-            module.running_mean.uniform_(-1, 1)
-            module.running_var.uniform_(0.5, 2)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
+    body = _with_random_norms(resnet18(norm_layer=norm).eval())
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         expected = body(x)
@@ -95,7 +89,7 @@ def test_every_optimised_part_of_the_zoo_models_computes_what_it_replaces(model,
     from tests.models.test_zoo import build
 
     torch.manual_seed(0)
-    plain = build(tmp_path, model, 5).eval()
+    plain = _with_random_norms(build(tmp_path, model, 5).eval())
     net = optimize_for_inference(copy.deepcopy(plain))
     pixels = torch.rand(1, 3, 128, 160)
     heads, plain_heads = net.roi_heads, plain.roi_heads
@@ -115,6 +109,19 @@ def test_every_optimised_part_of_the_zoo_models_computes_what_it_replaces(model,
     (detections,) = predict_unpasted(net, [torch.rand(3, 100, 120)])
     assert detections["mask_probs"].shape[1:] == (1, 28, 28)
     assert detections["image_size"] == (100, 120)
+
+
+def _with_random_norms(module: nn.Module) -> nn.Module:
+    """BatchNorm statistics unlike the defaults (which make a norm nearly the identity), so
+    that a wrong fold shows."""
+    with torch.no_grad():
+        for norm in module.modules():
+            if isinstance(norm, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+                norm.running_mean.uniform_(-1, 1)
+                norm.running_var.uniform_(0.5, 2)
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.uniform_(-0.5, 0.5)
+    return module
 
 
 def _assert_relatively_close(got: torch.Tensor, expected: torch.Tensor) -> None:

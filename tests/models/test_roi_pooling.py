@@ -56,3 +56,13 @@ def test_no_boxes_and_adaptive_sampling_fall_back_or_return_empty():
     got, expected = _both(features, [_boxes(20, 3)], [(256, 320)], output_size=7,
                           sampling_ratio=0)  # points per bin depend on the box: torchvision's
     assert torch.equal(got, expected)
+
+
+def test_autocast_goes_to_torchvision():
+    features = _features()
+    boxes = [_boxes(30, 4)]
+    pool = MultiScaleRoIAlign(list(features), output_size=7, sampling_ratio=2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = pool(features, boxes, [(256, 320)])
+        got = SparseRoIAlign(pool)(features, boxes, [(256, 320)])
+    assert torch.equal(got, expected)

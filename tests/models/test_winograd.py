@@ -53,3 +53,15 @@ def test_other_convolutions_are_refused(conv):
     assert not is_winograd_compatible(conv)
     with pytest.raises(ValueError, match="not a 3x3"):
         WinogradConv2d.from_conv(conv)
+
+
+def test_autocast_and_other_dtypes_run_the_ordinary_convolution():
+    """The transforms would lose too much precision in bf16: the same weights, direct."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding=1).eval()
+    winograd = WinogradConv2d.from_conv(conv)
+    x = torch.randn(2, 8, 9, 9)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(winograd(x), conv(x))
+    with torch.no_grad():
+        assert torch.equal(winograd.double()(x.double()), conv.double()(x.double()))
