@@ -226,7 +226,8 @@ def main() -> None:
     _, categories = load_model(args.ckpt)
     print(f"{'size':>5} {'ours precision':>14} {'plain s':>8} {'ours s':>8} {'ratio':>6} "
           f"{'dets':>5} {'max|dbox|':>10} {'max|dscore|':>11} {'min IoU':>8} "
-          f"{'match':>6} {'1st ours s':>10} {'plain, reused memory s':>22}")
+          f"{'match':>6} {'1st ours s':>10} {'plain, reused memory s':>22} "
+          f"{'ratio vs it':>11}")
     for size in args.sizes:
         plain = results["plain"][size]
         reused = results.get("plain-reused-memory", {}).get(size)
@@ -285,12 +286,15 @@ def describe(device: str) -> str:
 
 
 def print_row(row: dict) -> None:
+    reused, vs_reused = "", ""
+    if row["reused"] is not None:  # the allocator setting's share taken out
+        reused, vs_reused = f"{row['reused']:.3f}", f"{row['reused'] / row['ours']:.2f}x"
     print(f"{row['size']:>5} {row['precision']:>14} {row['plain']:>8.3f} {row['ours']:>8.3f} "
           f"{row['plain'] / row['ours']:>5.2f}x "
           f"{'=' if row['count_equal'] else '!=':>5} {row['box']:>10.2e} "
           f"{row['score']:>11.2e} {row['iou']:>8.4f} {str(row['match']):>6} "
           f"{row['first_ours']:>10.1f} "
-          f"{'' if row['reused'] is None else format(row['reused'], '.3f'):>22}", flush=True)
+          f"{reused:>22} {vs_reused:>11}", flush=True)
 
 
 # 3x3/stride 1 convolutions of R50-FPN at 800 px and of its mask head: (channels, H, W, batch)

@@ -37,7 +37,6 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -46,6 +45,7 @@ from rich.console import Console
 from rich.table import Table
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+from instseg.data.check import dataset_split
 from instseg.data.coco import load_checked
 from instseg.data.images import UnreadableImage, read_rgb
 from instseg.data.validation import to_rle
@@ -60,23 +60,6 @@ HATCH_PERIOD = 8  # pixels between crowd stripes
 
 
 # ------------------------------------------------------------------------------ inputs
-def dataset_split(cfg: DictConfig, need_images: bool = True) -> tuple[Path, Path | None]:
-    """(json, image folder) from annotations=/images= or from data=<config> split=train|val."""
-    if cfg.get("annotations"):
-        if need_images and not cfg.get("images"):
-            raise InstsegError("annotations=JSON needs images=FOLDER (where its files are)")
-        return Path(cfg.annotations), (Path(cfg.images) if cfg.get("images") else None)
-    if cfg.get("data") is None:
-        raise InstsegError("say which dataset: annotations=JSON images=FOLDER, or "
-                           "data=<config> [data.root=...] [split=train|val]")
-    split = cfg.get("split", "val")
-    if split not in ("train", "val"):
-        raise InstsegError(f"split={split}: expected train or val")
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()  # generates the shapes set; says which files are missing
-    return datamodule.paths[f"{split}_annotations"], datamodule.paths[f"{split}_images"]
-
-
 def choose_images(coco: COCO, ids: Iterable[int] | int | None = None, sample: int | None = 16,
                   seed: int = 0) -> list[int]:
     """`ids` if given (all known), else a random `sample` (None: every image), sorted."""

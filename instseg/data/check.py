@@ -22,27 +22,40 @@ from instseg.pipeline import CONFIG_DIR
 from instseg.utils.errors import InstsegError, exit_on_user_error
 
 
-def splits_to_check(cfg: DictConfig) -> dict[str, tuple[Path, Path]]:
-    """{split: (json, image folder)} from annotations=/images= or from data=..."""
+def dataset_files(cfg: DictConfig, splits: tuple[str, ...] = ("train", "val"),
+                  need_images: bool = True) -> dict[str, tuple[Path, Path | None]]:
+    """{split: (json, image folder)} of the command's dataset: annotations=JSON images=FOLDER
+    (one split, "dataset"), or the `splits` of data=<config> (generated or checked for
+    missing files by its prepare_data). The commands check, browse and stats all take it."""
     if cfg.get("annotations"):
-        if not cfg.get("images"):
+        if need_images and not cfg.get("images"):
             raise InstsegError("annotations=JSON needs images=FOLDER (where its files are)")
-        return {"dataset": (Path(cfg.annotations), Path(cfg.images))}
+        return {"dataset": (Path(cfg.annotations),
+                            Path(cfg.images) if cfg.get("images") else None)}
     if cfg.get("data") is None:
-        raise InstsegError("say what to check: data=<config> [data.root=...], or "
-                           "annotations=JSON images=FOLDER")
+        raise InstsegError("say which dataset: annotations=JSON images=FOLDER, or "
+                           "data=<config> [data.root=...]")
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     paths = datamodule.paths
     return {split: (paths[f"{split}_annotations"], paths[f"{split}_images"])
-            for split in ("train", "val")}
+            for split in splits}
+
+
+def dataset_split(cfg: DictConfig, need_images: bool = True) -> tuple[Path, Path | None]:
+    """(json, image folder) of annotations=/images=, or of data=<config> split=train|val."""
+    split = cfg.get("split", "val")
+    if split not in ("train", "val"):
+        raise InstsegError(f"split={split}: expected train or val")
+    (files,) = dataset_files(cfg, (split,), need_images).values()
+    return files
 
 
 def check_dataset(cfg: DictConfig) -> list[Problem]:
     """Check every split; print the tables; write cfg.report; return all problems."""
     console = Console()
     checked: dict[str, CheckedAnnotations] = {}
-    for split, (annotation_file, image_dir) in splits_to_check(cfg).items():
+    for split, (annotation_file, image_dir) in dataset_files(cfg).items():
         checked[split] = check_split(
             annotation_file, image_dir, full=cfg.full, max_image_side=cfg.max_image_side,
             progress=lambda items, s=split: track(items, description=f"reading {s} images",

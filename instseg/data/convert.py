@@ -50,7 +50,7 @@ from pycocotools import mask as mask_utils
 
 from instseg.data.images import UnreadableImage, read_header
 from instseg.data.validation import to_rle
-from instseg.utils.errors import InstsegError
+from instseg.utils.errors import InstsegError, exit_on_user_error
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VOC_CLASSES = (
@@ -588,12 +588,9 @@ def write_json(dataset: dict, path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors: exit status 2
-    try:
+    with exit_on_user_error():  # bad input: its message and exit status 1
         converted = args.run(args)
         write_json(converted.dataset, args.output)
-    except InstsegError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     for warning in converted.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.output}: {converted.summary()}")

@@ -44,7 +44,7 @@ from pycocotools.coco import COCO
 from rich.console import Console
 from rich.table import Table
 
-from instseg.data.browse import dataset_split
+from instseg.data.check import dataset_split
 from instseg.data.coco import load_checked
 from instseg.data.images import UnreadableImage, read_header
 from instseg.pipeline import CONFIG_DIR

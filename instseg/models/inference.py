@@ -111,8 +111,7 @@ def optimize_for_inference(net: MaskRCNN, compile: bool = False,
     """`net`, changed in place for inference only (see the module docstring); call it on the
     device the net will run on. `reuse_memory=False` leaves the C allocator alone."""
     net.eval()
-    device = next(net.parameters()).device
-    if device.type == "cpu":
+    if next(net.parameters()).device.type == "cpu":
         if reuse_memory:
             reuse_freed_memory()
         fold_batch_norms(net)
@@ -120,12 +119,11 @@ def optimize_for_inference(net: MaskRCNN, compile: bool = False,
         # convolutions are fused with their ReLUs instead.
         for part in () if compile else (net.backbone, net.rpn.head, net.roi_heads.mask_head):
             use_winograd(part)
-    net.to(memory_format=torch.channels_last)
-    heads = net.roi_heads
-    if device.type == "cpu":
+        heads = net.roi_heads
         for name in ("box_roi_pool", "mask_roi_pool"):
             if isinstance(getattr(heads, name), MultiScaleRoIAlign):
                 setattr(heads, name, SparseRoIAlign(getattr(heads, name)))
+    net.to(memory_format=torch.channels_last)
     if compile:
         _compile_convolutions(net)
     return net
@@ -167,10 +165,8 @@ def _is_inference_norm(module: nn.Module | None) -> bool:
 
 
 def _folded(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
-    eps = norm.eps
-    # FrozenBatchNorm2d has no affine flag: its weight and bias always exist.
     weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean,
-                                        norm.running_var, eps, norm.weight, norm.bias)
+                                        norm.running_var, norm.eps, norm.weight, norm.bias)
     fused = copy.deepcopy(conv)
     fused.weight, fused.bias = weight, bias
     return fused
@@ -197,11 +193,9 @@ def _is_channels_last(net: MaskRCNN) -> bool:
 
 
 def _compile_convolutions(net: MaskRCNN) -> None:
-    # freezing: weights become constants folded into the kernels (BatchNorm into the
-    # convolutions, prepacked layouts); right for a net that only predicts from now on.
+    # freezing: weights become constants of the kernels (prepacked layouts, ReLUs fused);
+    # right for a net that only predicts from now on.
     options = {"freezing": True} if next(net.parameters()).device.type == "cpu" else {}
-    parts = [net.backbone, net.rpn.head, net.roi_heads.mask_head]
-    for part in parts:
-        if part is not None:
-            part.compile(dynamic=True, options=options)
+    for part in (net.backbone, net.rpn.head, net.roi_heads.mask_head):
+        part.compile(dynamic=True, options=options)
     log.info("torch.compile: backbone, RPN head and mask head (compiled at the first image)")

@@ -1,14 +1,16 @@
 """RoIAlign on CPU as one sparse-matrix product per feature level, for inference.
 
 torchvision's CPU RoIAlign kernel runs on one thread and reads every channel plane of an
-NCHW map for each sample point: 1,000 proposals on an FPN take 0.1-0.25 s on the 2-core
-machine. Each pooled value is a fixed weighted sum of feature pixels (bilinear weights of
-the sampling_ratio x sampling_ratio points in its bin, averaged), so all RoIs of a level are
-one sparse matrix S [RoIs x 7 x 7, H x W] (16 weights per row for sampling_ratio 2) times
-the level as a dense [H x W, C] matrix, a product that reads whole channel vectors of a
-channels_last map. `SparseRoIAlign(pool)` wraps a torchvision `MultiScaleRoIAlign` and does
-just that, with torchvision's own level assignment and scales and its sampling rules (the
-same sample points, the same clamping at the borders, zero outside [-1, size]).
+NCHW map for each sample point: pooling R50-FPN's 1,000 proposals took 0.14 s at 800 px on
+the 2-core machine even split across both threads, 0.03 s this way
+(`benchmarks/bench_inference.py --stages`, before and after). Each pooled value is a fixed
+weighted sum of feature pixels (bilinear weights of the sampling_ratio x sampling_ratio
+points in its bin, averaged), so all RoIs of a level are one sparse matrix
+S [RoIs x 7 x 7, H x W] (16 weights per row for sampling_ratio 2) times the level as a dense
+[H x W, C] matrix, a product that reads whole channel vectors of a channels_last map.
+`SparseRoIAlign(pool)` wraps a torchvision `MultiScaleRoIAlign` and does just that, with
+torchvision's own level assignment and scales and its sampling rules (the same sample
+points, the same clamping at the borders, zero outside [-1, size]).
 
 Output: [K, C, P, P] float32 like the wrapped pool's, for the boxes of all images in list
 order; it differs from torchvision's by summation order only (about 1e-7 of the features'

@@ -153,12 +153,16 @@ def test_cli_converts_coco128_and_refuses_bad_arguments(tmp_path, capsys):
     assert len(json.loads(output.read_text())["annotations"]) == 929
 
     missing = tmp_path / "nowhere"
-    assert main(["voc", "--root", str(missing), "-o", str(output)]) == 1
+    with pytest.raises(SystemExit) as exit_:
+        main(["voc", "--root", str(missing), "-o", str(output)])
+    assert exit_.value.code == 1
     assert capsys.readouterr().err == f"error: VOC folder not found: {missing}\n"
     ids.write_text("1\n2\n")
-    assert main(["yolo", "--labels", str(root / "labels/train2017"), "--images",
-                 str(root / "images/train2017"), "--names", str(names), "--category-ids",
-                 str(ids), "-o", str(output)]) == 1
+    with pytest.raises(SystemExit) as exit_:
+        main(["yolo", "--labels", str(root / "labels/train2017"), "--images",
+              str(root / "images/train2017"), "--names", str(names), "--category-ids",
+              str(ids), "-o", str(output)])
+    assert exit_.value.code == 1
     assert capsys.readouterr().err == f"error: {ids}: 2 category ids for 80 class names\n"
     with pytest.raises(SystemExit) as exit_:
         main(["yolo", "--labels", str(root)])  # argparse: usage and the missing options
