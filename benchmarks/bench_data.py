@@ -2,7 +2,7 @@
 the model consumes images, and torchvision's JPEG decoder against Pillow's, in one run.
 
     python benchmarks/bench_data.py [--coco-sample] [--model small_cpu] [--workers 0 1 2]
-                                    [--batches 40] [--steps 16] [--repeats 3]
+                                    [--batches 40] [--steps 16] [--repeats 3] [OVERRIDE ...]
 
 Data: the shapes set of conf/data/shapes.yaml (800 + 100 generated 160 px PNGs, batch 4,
 val batch 8; generated into a temporary directory) and, with --coco-sample, a CocoDataModule
@@ -39,7 +39,6 @@ import itertools
 import logging
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,30 +46,22 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
+from _common import SHARED_DATA, HelpFormatter, compose_config, endless, quiet_lightning
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from instseg.models.inference import predict_unpasted
+from instseg.pipeline import build_module
 
-from instseg.models.inference import predict_unpasted  # noqa: E402
-from instseg.pipeline import build_module  # noqa: E402
-
-COCO128 = ROOT.parent / "shared" / "data" / "coco128-seg"
+COCO128 = SHARED_DATA / "coco128-seg"
 LOADER_WARMUP, STEP_WARMUP = 3, 2
 
 
-def compose_config(work: Path, model: str, data: list[str]) -> DictConfig:
+def train_config(work: Path, model: str, data: list[str]) -> DictConfig:
     """conf/train.yaml with `model` and the data overrides, writing under `work`."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("train", overrides=[f"model={model}", *data])
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(work)
-        cfg.paths.output_dir = str(work / "run")
-    return cfg
+    return compose_config("train", [f"model={model}", *data], work, work / "run")
 
 
 def coco128_overrides() -> list[str]:
@@ -87,15 +78,6 @@ def datamodule_with(cfg: DictConfig, workers: int):
     datamodule = instantiate(cfg.data, num_workers=workers)
     datamodule.setup("fit")
     return datamodule
-
-
-def endless(loader):
-    """Batches of `loader`, epoch after epoch (set_epoch as Lightning calls it)."""
-    for epoch in itertools.count():
-        sampler = getattr(loader.batch_sampler, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        yield from loader
 
 
 def loader_rate(loader, batches: int, repeats: int) -> float:
@@ -264,11 +246,6 @@ def compare_pixels(files: list[Path], torchvision_decode, pil_decode) -> None:
           f"mean |difference| {statistics.fmean(mean):.4f} (0-255 scale)")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter,
-                    argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and every option's default."""
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--coco-sample", action="store_true",
@@ -279,9 +256,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40, help="batches per loader span")
     parser.add_argument("--steps", type=int, default=16, help="timed model steps")
     parser.add_argument("--repeats", type=int, default=3, help="loader spans, decoder passes")
+    parser.add_argument("overrides", nargs="*",
+                        help="Hydra overrides for the shapes run, e.g. data.num_train=200")
     args = parser.parse_args()
-    for name in ("pytorch_lightning", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_lightning()
     # The json check's notes (coco128-seg: 2 images without usable annotations), logged by
     # every datamodule built here: the train image counts printed below show them.
     logging.getLogger("instseg.data").setLevel(logging.ERROR)
@@ -290,9 +268,10 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f} at start")
     with tempfile.TemporaryDirectory(prefix="bench_data.") as tmp:
         work = Path(tmp)
-        bench_dataset("shapes", compose_config(work, args.model, ["data=shapes"]), args)
+        bench_dataset("shapes", train_config(work, args.model, ["data=shapes", *args.overrides]),
+                      args)
         if args.coco_sample:
-            bench_dataset("coco128-seg", compose_config(work, args.model, coco128_overrides()),
+            bench_dataset("coco128-seg", train_config(work, args.model, coco128_overrides()),
                           args)
     bench_decoders(args.repeats)
     print(f"load average {os.getloadavg()[0]:.2f} at the end (1 min; this run adds about 1 "

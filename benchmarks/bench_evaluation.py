@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import HelpFormatter
 from pycocotools import mask as mask_utils
 
 SIZES = [(480, 640), (640, 480), (427, 640), (640, 427), (512, 512)]
@@ -184,10 +185,10 @@ def _reference_records(image_id, detections, categories):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=5000)
-    parser.add_argument("--detections", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--images", type=int, default=5000, help="generated images")
+    parser.add_argument("--detections", type=int, default=100, help="detections per image")
+    parser.add_argument("--seed", type=int, default=0, help="of the generated data")
     parser.add_argument("--path", choices=["reference", "instseg"], help=argparse.SUPPRESS)
     parser.add_argument("--gt", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -28,25 +28,12 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from _common import compose_config
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from instseg.pipeline import evaluate, train  # noqa: E402
+from instseg.pipeline import evaluate, train
 
 WINDOW = 20  # conf/callbacks/throughput_monitor.yaml
 RATE = "train/device/samples_per_sec"  # images/s of one device over the window
-
-
-def _config(work: Path, output_dir: Path, overrides: list[str]):
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose(config_name=overrides[0], overrides=overrides[1:])
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(work)
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
 
 
 def _data_overrides(args, work: Path) -> list[str]:
@@ -58,8 +45,8 @@ def _data_overrides(args, work: Path) -> list[str]:
 
 def run(precision: str, batch_size: int, args, work: Path) -> dict:
     output_dir = work / f"{precision}_{batch_size}"
-    cfg = _config(work, output_dir, [
-        "train", f"model={args.model}", "trainer=gpu", f"trainer.precision={precision}",
+    cfg = compose_config("train", [
+        f"model={args.model}", "trainer=gpu", f"trainer.precision={precision}",
         "trainer.max_epochs=1", f"trainer.limit_train_batches={args.steps}",
         "trainer.limit_val_batches=2", "trainer.log_every_n_steps=5",
         "trainer.num_sanity_val_steps=0", "logger=csv",
@@ -67,7 +54,7 @@ def run(precision: str, batch_size: int, args, work: Path) -> dict:
         *_data_overrides(args, work),
         f"data.batch_size={batch_size}", "seed=0",
         *(["trainer.accelerator=cpu"] if args.cpu_dry_run else []),
-    ])
+    ], work, output_dir)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     metrics = train(cfg)
@@ -91,10 +78,10 @@ def run(precision: str, batch_size: int, args, work: Path) -> dict:
 def run_evaluation(checkpoint: str, precision: str, args, work: Path) -> dict:
     """evaluate.py's path on --eval-images images: wall-clock images/s, model build and
     COCO scoring included."""
-    cfg = _config(work, work / "eval", [
-        "evaluate", f"ckpt={checkpoint}", f"trainer.precision={precision}",
+    cfg = compose_config("evaluate", [
+        f"ckpt={checkpoint}", f"trainer.precision={precision}",
         "trainer.accelerator=" + ("cpu" if args.cpu_dry_run else "gpu"),
-    ])  # the data config recorded in the checkpoint: the same generated set
+    ], work, work / "eval")  # the data config recorded in the checkpoint: the same generated set
     start = time.perf_counter()
     metrics = evaluate(cfg)
     seconds = time.perf_counter() - start

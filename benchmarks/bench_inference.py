@@ -46,22 +46,17 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from _common import SHARED_DATA, HelpFormatter
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from instseg.data.categories import CategoryMap
+from instseg.data.images import read_rgb
+from instseg.demo.predictor import Predictor
+from instseg.evaluation.paste import paste_masks_to_binary
+from instseg.models.inference import _labelled_mask_logits, optimize_for_inference
+from instseg.models.winograd import WinogradConv2d
+from instseg.utils.memory import reuse_freed_memory
 
-from instseg.data.categories import CategoryMap  # noqa: E402
-from instseg.data.images import read_rgb  # noqa: E402
-from instseg.demo.predictor import Predictor  # noqa: E402
-from instseg.evaluation.paste import paste_masks_to_binary  # noqa: E402
-from instseg.models.inference import (  # noqa: E402
-    _labelled_mask_logits,
-    optimize_for_inference,
-)
-from instseg.models.winograd import WinogradConv2d  # noqa: E402
-from instseg.utils.memory import reuse_freed_memory  # noqa: E402
-
-SAMPLE = ROOT.parent / "shared" / "data" / "coco-sample" / "images"
+SAMPLE = SHARED_DATA / "coco-sample" / "images"
 TOLERANCE, MIN_IOU = 1e-3, 0.99
 
 
@@ -161,12 +156,13 @@ def run_ours(net, categories, images, size: int, args, precision: str) -> dict:
 
 
 def worker(args) -> None:
-    """One path (args.worker) at every size, in this process; results to args.out."""
+    """One path (args.worker) at every size, in this process; results, keyed by size (and
+    precision), and the model's categories to args.out."""
     if args.worker == "plain-reused-memory":
         reuse_freed_memory()
     net, categories = load_model(args.ckpt)
     images = load_images(args)
-    results = {}
+    results = {"categories": categories}
     for size in args.sizes:
         if args.worker == "ours":
             for precision in args.precisions:
@@ -195,15 +191,16 @@ def load_images(args) -> list[torch.Tensor]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", help="an instseg checkpoint (default: R50-FPN, seeded weights)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[320, 512, 800])
-    parser.add_argument("--runs", type=int, default=5)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--ckpt", help="an instseg checkpoint (unset: R50-FPN, seeded weights)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[320, 512, 800],
+                        help="shorter image side (model.transform.min_size)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per path (median)")
     parser.add_argument("--images", type=int, default=1, help="coco-sample photos per call")
     parser.add_argument("--image-dir", type=Path, default=SAMPLE,
-                        help="where the photos are (default: ../shared/data/coco-sample)")
+                        help="where the photos are")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (ours)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="both paths")
     parser.add_argument("--precisions", nargs="+", default=["32-true"],
                         help="ours: 32-true, 16-mixed, bf16-mixed (autocast)")
     parser.add_argument("--stages", action="store_true",
@@ -223,7 +220,7 @@ def main() -> None:
     roles = ["plain", "ours"] + (["plain-reused-memory"] if args.device == "cpu" else [])
     with tempfile.TemporaryDirectory() as folder:
         results = {role: in_subprocess(role, argv, Path(folder)) for role in roles}
-    _, categories = load_model(args.ckpt)
+    categories = results["ours"]["categories"]
     print(f"{'size':>5} {'ours precision':>14} {'plain s':>8} {'ours s':>8} {'ratio':>6} "
           f"{'dets':>5} {'max|dbox|':>10} {'max|dscore|':>11} {'min IoU':>8} "
           f"{'match':>6} {'1st ours s':>10} {'plain, reused memory s':>22} "

@@ -41,27 +41,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import logging
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
+from _common import HelpFormatter, compose_config, endless, quiet_lightning
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from instseg.pipeline import build_module, train  # noqa: E402
+from instseg.pipeline import build_module, train
 
 BENCH_OVERRIDES = ["data.num_workers=0", "trainer.accelerator=cpu",
                    "trainer.num_sanity_val_steps=0"]
@@ -115,15 +109,11 @@ class StepTimer(pl.Callback):
         self.ends.append(time.perf_counter())
 
 
-def compose_config(work: Path, data_dir: Path, steps: int, overrides: list[str]) -> DictConfig:
+def bench_config(work: Path, data_dir: Path, steps: int, overrides: list[str]) -> DictConfig:
     """conf/train.yaml with the benchmark's overrides, writing under `work`."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("train", overrides=[*BENCH_OVERRIDES, f"trainer.max_steps={steps}",
-                                          *overrides])
+    cfg = compose_config("train", [*BENCH_OVERRIDES, f"trainer.max_steps={steps}", *overrides],
+                         work, work / "run", data_dir)
     with open_dict(cfg):
-        cfg.paths.root_dir = str(work)
-        cfg.paths.data_dir = str(data_dir)
-        cfg.paths.output_dir = str(work / "run")
         if cfg.get("callbacks") and "rich_progress_bar" in cfg.callbacks:
             # Render the bar as in an interactive terminal (into /dev/null, see run_instseg).
             cfg.callbacks.rich_progress_bar.console_kwargs = {"force_terminal": True}
@@ -160,7 +150,7 @@ def run_plain(cfg: DictConfig, steps: int) -> Run:
     scheduler = module.scheduler_factory(optimizer=optimizer, total_steps=total)
     clip = cfg.trainer.gradient_clip_val
     run = Run("plain", schedule_steps=total)
-    batches = epochs_of(datamodule)
+    batches = endless(datamodule.train_dataloader())
     for _ in range(steps):
         start = time.perf_counter()
         images, targets, _ = next(batches)
@@ -177,25 +167,6 @@ def run_plain(cfg: DictConfig, steps: int) -> Run:
         run.seconds.append(end - start)
         run.step_seconds.append(end - fetched)
     return run
-
-
-def epochs_of(datamodule):
-    """Batches of the datamodule's train_dataloader, epoch after epoch (set_epoch as
-    Lightning calls it: the order and augmentation are functions of seed and epoch)."""
-    loader = datamodule.train_dataloader()
-    epoch = 0
-    while True:
-        loader.batch_sampler.sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
-
-
-def quiet_lightning() -> None:
-    """Keep Lightning's info lines (devices, seed, summary) out of the table, and its
-    deprecation notice about torch's pytree API (Lightning 2.6 on torch 2.14)."""
-    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def summary(run: Run, warmup: int, steps: int) -> tuple[float, float]:
@@ -264,11 +235,6 @@ def print_noise(pairs: list[tuple[Run, Run]], args) -> None:
               f"(spread {(max(medians) / min(medians) - 1) * 100:.1f}%)")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter,
-                    argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and every option's default."""
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--steps", type=int, default=50, help="training steps per run")
@@ -285,7 +251,7 @@ def main() -> None:
     quiet_lightning()
     with tempfile.TemporaryDirectory(prefix="bench_train_step.") as tmp:
         work = Path(tmp)
-        cfg = compose_config(work, args.data_dir or work / "data", args.steps, args.overrides)
+        cfg = bench_config(work, args.data_dir or work / "data", args.steps, args.overrides)
         print_header(cfg, args)
         instantiate(cfg.data).prepare_data()  # generate the set once, untimed
         pairs = []

@@ -1,0 +1,66 @@
+"""benchmarks/*.py run end to end at the smallest settings, each as a user runs it (a script in
+a process of its own), and the checks each prints of the work it compared hold. Nothing here
+reads a timing: the figures are the scripts' business on a quiet machine."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, shared_data, tiny_data_overrides
+
+pytestmark = pytest.mark.slow
+SMALL_MODEL = ["model=small_cpu", "model.net.min_size=96", "model.net.max_size=96"]
+
+
+def run_benchmark(name: str, *args: str, cwd: Path) -> str:
+    """The script's stdout; the test fails with its output when it exits non-zero."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], cwd=cwd,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result.stdout
+
+
+def test_bench_train_step_runs_the_same_steps_on_both_sides(tiny_shapes, tmp_path):
+    out = run_benchmark("bench_train_step.py", "--steps", "5", "--warmup", "1", "--repeats", "1",
+                        *tiny_data_overrides(tiny_shapes), *SMALL_MODEL, "data.batch_size=2",
+                        cwd=tmp_path)
+    median = next(line for line in out.splitlines() if line.startswith("median"))
+    assert median.split()[-1] == "0.0e+00"  # max|dloss|: identical losses at every step
+    assert re.search(r"^overhead: -?\d+\.\d%", out, re.MULTILINE)
+
+
+def test_bench_data_feeds_the_model_the_same_batches_from_the_loader(tiny_shapes, tmp_path):
+    shared_data("coco128-seg")  # its JPEGs for the decoder comparison
+    out = run_benchmark("bench_data.py", "--workers", "0", "--batches", "2", "--steps", "2",
+                        "--repeats", "1", *tiny_data_overrides(tiny_shapes), *SMALL_MODEL,
+                        cwd=tmp_path)
+    row = next(line for line in out.splitlines() if line.startswith("0 "))
+    assert "yes" in row.split()  # same losses fed by the loader as from memory
+    assert re.search(r"pixels: \d+/\d+ images identical", out)
+
+
+def test_bench_inference_compares_plain_and_ours_on_a_trained_model(tiny_checkpoint, tmp_path):
+    photos = shared_data("coco-sample", "images")
+    out = run_benchmark("bench_inference.py", "--ckpt", str(tiny_checkpoint), "--sizes", "96",
+                        "--runs", "1", "--image-dir", str(photos), cwd=tmp_path)
+    row = next(line for line in out.splitlines() if line.split()[:2] == ["96", "32-true"])
+    assert len(row.split()) == 13  # size .. ratio vs 'plain, reused memory'
+
+
+def test_bench_gpu_train_dry_run_on_the_cpu(tmp_path):
+    out = run_benchmark("bench_gpu_train.py", "--cpu-dry-run", "--model", "small_cpu",
+                        "--steps", "21", "--batch-sizes", "2", "--precisions", "32-true",
+                        "--eval-images", "4", "--image-size", "96", "--workers", "0",
+                        cwd=tmp_path)
+    assert "all checks passed" in out
+
+
+def test_bench_evaluation_gives_pycocotools_stats(tmp_path):
+    out = run_benchmark("bench_evaluation.py", "--images", "12", "--detections", "10",
+                        cwd=tmp_path)
+    assert "12 stats of bbox and segm equal to 1e-12: True" in out
