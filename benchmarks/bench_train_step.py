@@ -1,5 +1,5 @@
 """Training step: instseg's Lightning path against a hand-written PyTorch loop, same model,
-data and seed, alternated in one process.
+data and seed, each run in a process of its own, alternated.
 
     python benchmarks/bench_train_step.py [--steps 50] [--warmup 10] [--repeats 4]
                                           [--data-dir DIR] [OVERRIDE ...]
@@ -7,31 +7,37 @@ data and seed, alternated in one process.
 Config: conf/train.yaml as train.py composes it (data=shapes: 800 generated 160 px images,
 batch 4; model=small_cpu; seed 42; precision 32-true; gradient_clip_val 10; tensorboard
 logger; the default callbacks: best and periodic checkpoints, LR monitor, rich progress bar,
-rendered as in a terminal into /dev/null), with these overrides for both sides:
+rendered as in a terminal into /dev/null), with these overrides for every side:
 data.num_workers=0 (batches are read in the main process, so the difference is the loop),
 trainer.accelerator=cpu, trainer.max_steps=STEPS (the LR schedule is built for STEPS steps;
 within the 100 warm-up steps the LR is the full run's) and trainer.num_sanity_val_steps=0
-(before training, never timed). OVERRIDEs in Hydra syntax apply to both, e.g. logger=csv,
+(before training, never timed). OVERRIDEs in Hydra syntax apply to all, e.g. logger=csv,
 or Lightning without extras: logger=none callbacks=none +trainer.enable_progress_bar=false
 +trainer.enable_checkpointing=false +trainer.enable_model_summary=false
 
 instseg  `instseg.pipeline.train(cfg)`, i.e. Trainer.fit of MaskRCNNModule, with one more
          callback recording time.perf_counter() at every on_train_batch_start and _end.
+         On CPU its fit has glibc keep freed memory for the next step
+         (model.reuse_memory, instseg.utils.memory).
 plain    the same seed, datamodule (its train_dataloader: same batches in the same order),
          module config (net, optimizer and scheduler partials), then, per batch:
          zero_grad; losses = net(images, targets); sum; backward;
          clip_grad_norm_(params, 10.0); optimizer.step(); scheduler.step()
+plain, reused memory
+         plain in a process that made instseg's allocator setting first: instseg against
+         it is the loop's own overhead, the allocator's share left out.
 
-Timed, the same for both: whole iterations, from the start of one step to the start of the
+Timed, the same for all: whole iterations, from the start of one step to the start of the
 next (data fetch, forward, backward, clipping, optimizer and LR scheduler step and, for
 instseg, everything Lightning does around them: batch transfer, logging every
 log_every_n_steps, progress bar, LR monitor, checkpoint callbacks). Per run: median and
 mean over the steps after --warmup (the last step, with no next start, is left out of
-both). Runs alternate plain/instseg, then instseg/plain, and so on, --repeats pairs.
+both). Each repeat runs the three sides, each in a new Python process (the allocator
+setting cannot be undone in a process), in an order rotated from one repeat to the next.
 Also printed: the split of an iteration into the step (plain: fetched batch to scheduler
 step; instseg: on_train_batch_start to _end, which Lightning calls after the scheduler
 step) and what surrounds it, and how much each side's median varies across repeats.
-Both sides start from the same weights and RNG state and see the same batches, so their
+All sides start from the same weights and RNG state and see the same batches, so their
 per-step losses should agree: the largest difference is printed as a check that they did
 the same work.
 """
@@ -40,10 +46,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
+import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -56,6 +66,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from instseg.pipeline import build_module, train
+from instseg.utils.memory import reuse_freed_memory
 
 BENCH_OVERRIDES = ["data.num_workers=0", "trainer.accelerator=cpu",
                    "trainer.num_sanity_val_steps=0"]
@@ -169,6 +180,30 @@ def run_plain(cfg: DictConfig, steps: int) -> Run:
     return run
 
 
+SIDES = ("plain", "plain, reused memory", "instseg")
+
+
+def worker(args) -> None:
+    """One run of `args.worker` in this process; the Run as json to args.out."""
+    quiet_lightning()
+    work = Path(args.out).parent / args.out.stem
+    cfg = bench_config(work, args.data_dir, args.steps, args.overrides)
+    if args.worker == "plain, reused memory":
+        reuse_freed_memory()
+    run = (run_instseg(cfg, work) if args.worker == "instseg"
+           else run_plain(cfg, args.steps))
+    run.side = args.worker
+    args.out.write_text(json.dumps(dataclasses.asdict(run)))
+
+
+def in_subprocess(side: str, index: int, args, work: Path) -> Run:
+    out = work / f"{index}.json"
+    subprocess.run([sys.executable, __file__, "--worker", side, "--out", str(out),
+                    "--steps", str(args.steps), "--data-dir", str(args.data_dir),
+                    *args.overrides], check=True)
+    return Run(**json.loads(out.read_text()))
+
+
 def summary(run: Run, warmup: int, steps: int) -> tuple[float, float]:
     """(median, mean) milliseconds per timed iteration."""
     timed = run.timed(warmup, steps)
@@ -183,7 +218,7 @@ def print_header(cfg: DictConfig, args) -> None:
           f"{cfg.model.net.backbone.arch} FPN at {cfg.model.net.min_size} px; seed {cfg.seed}; "
           f"precision {cfg.trainer.precision}; clip {cfg.trainer.gradient_clip_val}")
     print(f"instseg: logger {loggers}, log_every_n_steps {cfg.trainer.log_every_n_steps}; "
-          f"callbacks {callbacks}")
+          f"callbacks {callbacks}; model.reuse_memory {cfg.model.get('reuse_memory')}")
     print(f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs; torch "
           f"{torch.__version__}, Lightning {pl.__version__}; load average "
           f"{os.getloadavg()[0]:.2f} at start")
@@ -192,46 +227,54 @@ def print_header(cfg: DictConfig, args) -> None:
           f"steps {args.warmup}..{args.steps - 2} of {args.steps} ({timed} per run)")
 
 
-def print_table(pairs: list[tuple[Run, Run]], args) -> float:
-    """One row per repeat and the median row; returns the median overhead (medians)."""
-    print(f"{'repeat':<8}{'plain ms':>10}{'instseg ms':>12}{'overhead':>10}"
-          f"{'plain mean':>12}{'instseg mean':>14}{'overhead':>10}{'max|dloss|':>12}")
+def print_table(runs: list[dict[str, Run]], args) -> dict[str, float]:
+    """One row per repeat and the median row; returns the median row by column."""
+    names = ["plain ms", "reused ms", "instseg ms", "vs plain", "vs reused",
+             "mean vs plain", "mean vs reused", "max|dloss|"]
+    print(f"{'repeat':<8}" + "".join(f"{name:>15}" for name in names))
     rows = []
-    for index, (plain, ours) in enumerate(pairs, 1):
-        p_med, p_mean = summary(plain, args.warmup, args.steps)
-        o_med, o_mean = summary(ours, args.warmup, args.steps)
-        dloss = max(abs(a - b) for a, b in zip(plain.losses, ours.losses, strict=True))
-        rows.append((p_med, o_med, (o_med / p_med - 1) * 100, p_mean, o_mean,
-                     (o_mean / p_mean - 1) * 100, dloss))
+    for index, repeat in enumerate(runs, 1):
+        (plain, _), (reused, _), (ours, _) = (summary(repeat[side], args.warmup, args.steps)
+                                              for side in SIDES)
+        means = {side: summary(repeat[side], args.warmup, args.steps)[1] for side in SIDES}
+        dloss = max(abs(a - b) for side in SIDES[:2]
+                    for a, b in zip(repeat[side].losses, repeat["instseg"].losses, strict=True))
+        rows.append(dict(zip(names, (
+            plain, reused, ours, (ours / plain - 1) * 100, (ours / reused - 1) * 100,
+            (means["instseg"] / means["plain"] - 1) * 100,
+            (means["instseg"] / means["plain, reused memory"] - 1) * 100, dloss), strict=True)))
         _print_row(str(index), rows[-1])
-    medians = tuple(statistics.median(column) for column in zip(*rows, strict=True))
+    medians = {name: statistics.median(row[name] for row in rows) for name in names}
     _print_row("median", medians)
-    return medians[2], medians[5]
+    return medians
 
 
-def _print_row(name: str, row: tuple) -> None:
-    p_med, o_med, over_med, p_mean, o_mean, over_mean, dloss = row
-    print(f"{name:<8}{p_med:>10.1f}{o_med:>12.1f}{over_med:>9.1f}%"
-          f"{p_mean:>12.1f}{o_mean:>14.1f}{over_mean:>9.1f}%{dloss:>12.1e}")
+def _print_row(name: str, row: dict[str, float]) -> None:
+    cells = [f"{value:>15.1e}" if column == "max|dloss|"
+             else f"{value:>14.1f}%" if "vs" in column else f"{value:>15.1f}"
+             for column, value in row.items()]
+    print(f"{name:<8}" + "".join(cells))
 
 
-def print_split(pairs: list[tuple[Run, Run]], args) -> None:
+def print_split(runs: list[dict[str, Run]], args) -> None:
     """Where the time goes: median ms of the step and of what surrounds it, all runs."""
-    def median_ms(side: int, part: str) -> float:
-        return statistics.median(x for pair in pairs
-                                 for x in pair[side].timed(args.warmup, args.steps, part)) * 1e3
+    def median_ms(side: str, part: str) -> float:
+        return statistics.median(x for repeat in runs
+                                 for x in repeat[side].timed(args.warmup, args.steps, part)) * 1e3
 
-    print(f"split (median ms over all runs): plain = step {median_ms(0, 'step'):.1f} + around "
-          f"{median_ms(0, 'around'):.1f} (batch fetch); instseg = step "
-          f"{median_ms(1, 'step'):.1f} (on_train_batch_start..end) + around "
-          f"{median_ms(1, 'around'):.1f} (batch fetch, logging, progress bar, callbacks, loop)")
+    print("split (median ms over all runs): " + "; ".join(
+        f"{side} = step {median_ms(side, 'step'):.1f} + around {median_ms(side, 'around'):.1f}"
+        for side in SIDES))
+    print("(step: plain from the fetched batch to the scheduler step, instseg from "
+          "on_train_batch_start to _end; around: batch fetch and, for instseg, logging, "
+          "progress bar, callbacks, loop)")
 
 
-def print_noise(pairs: list[tuple[Run, Run]], args) -> None:
+def print_noise(runs: list[dict[str, Run]], args) -> None:
     """The spread of each side's median across repeats: the noise floor of a comparison."""
-    for side, name in enumerate(("plain", "instseg")):
-        medians = [summary(pair[side], args.warmup, args.steps)[0] for pair in pairs]
-        print(f"{name} ms/iteration across repeats: {min(medians):.1f} to {max(medians):.1f} "
+    for side in SIDES:
+        medians = [summary(repeat[side], args.warmup, args.steps)[0] for repeat in runs]
+        print(f"{side} ms/iteration across repeats: {min(medians):.1f} to {max(medians):.1f} "
               f"(spread {(max(medians) / min(medians) - 1) * 100:.1f}%)")
 
 
@@ -240,38 +283,45 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="training steps per run")
     parser.add_argument("--warmup", type=int, default=10, help="first steps not timed")
     parser.add_argument("--repeats", type=int, default=4,
-                        help="plain/instseg pairs (alternating which runs first)")
+                        help="runs of each side (the order rotated every repeat)")
     parser.add_argument("--data-dir", type=Path,
                         help="paths.data_dir holding (or to receive) shapes/; unset: a "
                              "temporary directory, the set generated there")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for both sides")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every side")
+    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(args)
     if args.steps < args.warmup + 3:
         parser.error("--steps must exceed --warmup by at least 3")
     quiet_lightning()
     with tempfile.TemporaryDirectory(prefix="bench_train_step.") as tmp:
         work = Path(tmp)
-        cfg = bench_config(work, args.data_dir or work / "data", args.steps, args.overrides)
+        args.data_dir = args.data_dir or work / "data"
+        cfg = bench_config(work, args.data_dir, args.steps, args.overrides)
         print_header(cfg, args)
         instantiate(cfg.data).prepare_data()  # generate the set once, untimed
-        pairs = []
+        runs = []
         for repeat in range(args.repeats):
-            first_plain = repeat % 2 == 0  # plain, ours; ours, plain; ...
-            order = ["plain", "instseg"] if first_plain else ["instseg", "plain"]
-            runs = {side: run_plain(cfg, args.steps) if side == "plain"
-                    else run_instseg(cfg, work / f"run{repeat}") for side in order}
-            pairs.append((runs["plain"], runs["instseg"]))
-    schedules = {run.schedule_steps for pair in pairs for run in pair}
-    print(f"LR schedule length (steps) in both: {sorted(schedules)}")
-    over_median, over_mean = print_table(pairs, args)
-    print("(ms per iteration, median and mean over the timed steps; overhead = instseg / "
-          "plain - 1; max|dloss|: largest per-step loss difference within the repeat)")
-    print_split(pairs, args)
-    print_noise(pairs, args)
-    print(f"overhead (mean per iteration, includes periodic logging): {over_mean:.1f}%")
+            order = SIDES[repeat % 3:] + SIDES[:repeat % 3]
+            runs.append({side: in_subprocess(side, repeat * 3 + index, args, work)
+                         for index, side in enumerate(order)})
+    schedules = {run.schedule_steps for repeat in runs for run in repeat.values()}
+    print(f"LR schedule length (steps) in all: {sorted(schedules)}")
+    overhead = print_table(runs, args)
+    print("(ms per iteration, median over the timed steps; vs plain = instseg / plain - 1, "
+          "vs reused = instseg / (plain, reused memory) - 1, the loop's own overhead; mean: "
+          "the same of the means, periodic logging included; max|dloss|: largest per-step "
+          "loss difference from instseg within the repeat)")
+    print_split(runs, args)
+    print_noise(runs, args)
     print(f"load average {os.getloadavg()[0]:.2f} at the end (1 min; this run adds about 1.6: "
           "more means another process shared the CPUs)")
-    print(f"overhead: {over_median:.1f}% (target <= 3%)")
+    print(f"allocator setting alone: plain, reused memory / plain = "
+          f"{overhead['reused ms'] / overhead['plain ms']:.3f}")
+    print(f"overhead: {overhead['vs plain']:.1f}% vs plain, {overhead['vs reused']:.1f}% vs "
+          "plain with the same allocator setting (target <= 3%)")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ must expose `val_coco` (pycocotools COCO) and `categories` (CategoryMap), as
 
 A NaN or Inf loss stops training, or skips that step's update, by `nonfinite_loss`
 (`instseg.models.nonfinite`); non-finite weights are never checkpointed.
+
+On CPU, fit has glibc keep freed memory for the next step (`reuse_memory`,
+instseg.utils.memory): every step allocates the same large activations and gradients, which
+glibc would otherwise hand back to the kernel and fault in again, zeroed, the next step.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from instseg.evaluation.coco import CocoEvaluator
 from instseg.evaluation.plots import precision_recall_figure
 from instseg.models.inference import predict_unpasted
 from instseg.models.nonfinite import NonFiniteGuard
+from instseg.utils.memory import reuse_freed_memory
 
 
 class MaskRCNNModule(pl.LightningModule):
     """`net` is a torchvision `MaskRCNN`; `optimizer(params)` and `scheduler(optimizer,
     total_steps)` are partials (Hydra `_partial_: true`); the scheduler steps every iteration.
-    `nonfinite_loss`: stop | skip, what a step with a NaN/Inf loss does."""
+    `nonfinite_loss`: stop | skip, what a step with a NaN/Inf loss does. `reuse_memory`:
+    on CPU, keep freed memory in the process for the next step (a process-wide setting)."""
 
     def __init__(
         self,
@@ -39,6 +45,7 @@ class MaskRCNNModule(pl.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         eval_backend: str = "faster_coco_eval",
         nonfinite_loss: str = "stop",
+        reuse_memory: bool = True,
     ) -> None:
         super().__init__()
         self.net = net
@@ -49,9 +56,14 @@ class MaskRCNNModule(pl.LightningModule):
         self.last_metrics: dict[str, float] = {}
         self.nonfinite = NonFiniteGuard(nonfinite_loss)
         self.skipped_images = 0  # this process's count since the run (or resume) started
+        self.reuse_memory = reuse_memory
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return self.net(images)
+
+    def on_fit_start(self) -> None:
+        if self.reuse_memory and self.device.type == "cpu":  # in every DDP process
+            reuse_freed_memory()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         images, targets, skipped = batch  # instseg.data.coco.Batch
