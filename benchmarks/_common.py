@@ -1,6 +1,7 @@
 """What the benchmark scripts share: the repository on sys.path, the Hydra config composed as
-the entry scripts compose it, an endless batch stream, quiet Lightning logs and the help
-formatter. Imported by the scripts as `_common` (their own folder is sys.path[0]).
+the entry scripts compose it, an endless batch stream, the plain training step, quiet
+Lightning logs and the help formatter. Imported by the scripts as `_common` (their own
+folder is sys.path[0]).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -43,6 +45,18 @@ def endless(loader):
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         yield from loader
+
+
+def plain_training_step(net, params, optimizer, images, targets, clip: float) -> float:
+    """The hand-written step the benchmarks compare against: zero_grad, forward, the loss
+    terms summed, backward, clip_grad_norm_(params, clip), optimizer step; the loss."""
+    targets = [{k: v for k, v in t.items() if k != "image_id"} for t in targets]
+    optimizer.zero_grad()
+    loss = sum(net(images, targets).values())
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    return loss.item()
 
 
 def quiet_lightning() -> None:

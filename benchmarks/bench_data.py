@@ -46,7 +46,14 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from _common import SHARED_DATA, HelpFormatter, compose_config, endless, quiet_lightning
+from _common import (
+    SHARED_DATA,
+    HelpFormatter,
+    compose_config,
+    endless,
+    plain_training_step,
+    quiet_lightning,
+)
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
@@ -103,17 +110,6 @@ def fresh_model(cfg: DictConfig, datamodule):
     return module.net.train(), params, module.optimizer_factory(params=params)
 
 
-def train_step(net, params, optimizer, batch, clip: float) -> float:
-    """One plain optimizer step, as bench_train_step.py's plain loop does it; its loss."""
-    targets = [{k: v for k, v in t.items() if k != "image_id"} for t in batch.targets]
-    optimizer.zero_grad()
-    loss = sum(net(batch.images, targets).values())
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, clip)
-    optimizer.step()
-    return loss.item()
-
-
 def timed_steps(step, batches, steps: int) -> tuple[float, list]:
     """(images/s, results) of `steps` calls of `step`, each on next(batches) (the fetch is
     timed too), after a warm-up; results: what every call returned, warm-up included."""
@@ -138,8 +134,9 @@ def training_rate(cfg: DictConfig, datamodule, batches, steps: int) -> tuple[flo
     (a list in memory, or a loader's stream: then its fetching is timed too)."""
     net, params, optimizer = fresh_model(cfg, datamodule)
     clip = cfg.trainer.gradient_clip_val
-    return timed_steps(lambda b: train_step(net, params, optimizer, b, clip), iter(batches),
-                       steps)
+    return timed_steps(
+        lambda b: plain_training_step(net, params, optimizer, b.images, b.targets, clip),
+        iter(batches), steps)
 
 
 def inference_rate(cfg: DictConfig, datamodule, steps: int) -> float:

@@ -61,7 +61,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from _common import HelpFormatter, compose_config, endless, quiet_lightning
+from _common import HelpFormatter, compose_config, endless, plain_training_step, quiet_lightning
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
@@ -166,14 +166,9 @@ def run_plain(cfg: DictConfig, steps: int) -> Run:
         start = time.perf_counter()
         images, targets, _ = next(batches)
         fetched = time.perf_counter()
-        targets = [{k: v for k, v in t.items() if k != "image_id"} for t in targets]
-        optimizer.zero_grad()
-        loss = sum(net(images, targets).values())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
+        loss = plain_training_step(net, params, optimizer, images, targets, clip)
         scheduler.step()
-        run.losses.append(loss.item())
+        run.losses.append(loss)
         end = time.perf_counter()
         run.seconds.append(end - start)
         run.step_seconds.append(end - fetched)
