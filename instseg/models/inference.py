@@ -26,13 +26,12 @@ tests/models/test_inference.py measure by how much).
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import OrderedDict
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
@@ -130,7 +129,7 @@ def optimize_for_inference(net: MaskRCNN, compile: bool = False,
 
 
 def fold_batch_norms(module: nn.Module) -> int:
-    """Folds each inference-mode BatchNorm2d / FrozenBatchNorm2d into the convolution that
+    """Folds each eval-mode BatchNorm2d / FrozenBatchNorm2d into the eval-mode convolution that
     feeds it, replacing the norm by nn.Identity; returns how many. A pair is recognised where
     the dataflow is certain: consecutive children of an nn.Sequential (torchvision's
     Conv2dNormActivation, ResNet's downsample) and torchvision's ResNet naming, `convK`
@@ -139,7 +138,7 @@ def fold_batch_norms(module: nn.Module) -> int:
     for parent in list(module.modules()):
         for conv_name, norm_name in _conv_norm_pairs(parent):
             conv, norm = getattr(parent, conv_name), getattr(parent, norm_name)
-            setattr(parent, conv_name, _folded(conv, norm))
+            setattr(parent, conv_name, fuse_conv_bn_eval(conv, norm))
             setattr(parent, norm_name, nn.Identity())
             folded += 1
     return folded
@@ -153,23 +152,14 @@ def _conv_norm_pairs(parent: nn.Module) -> list[tuple[str, str]]:
     else:
         candidates = [(name, "bn" + name[4:]) for name in children if name.startswith("conv")]
     return [(c, n) for c, n in candidates
-            if type(children.get(c)) is nn.Conv2d and _is_inference_norm(children.get(n))
+            if type(children.get(c)) is nn.Conv2d and not children[c].training
+            and _is_inference_norm(children.get(n))
             and children[c].out_channels == len(children[n].running_mean)]
 
 
 def _is_inference_norm(module: nn.Module | None) -> bool:
-    if isinstance(module, FrozenBatchNorm2d):
-        return True
-    return (type(module) is nn.BatchNorm2d and not module.training
+    return (type(module) in (nn.BatchNorm2d, FrozenBatchNorm2d) and not module.training
             and module.running_mean is not None)
-
-
-def _folded(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
-    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean,
-                                        norm.running_var, norm.eps, norm.weight, norm.bias)
-    fused = copy.deepcopy(conv)
-    fused.weight, fused.bias = weight, bias
-    return fused
 
 
 def use_winograd(module: nn.Module) -> int:
