@@ -235,7 +235,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     # Inference only from here, optimised for the device it will run on (the CPU-only
     # optimisations must not follow the net onto a GPU).
     module.to(trainer.strategy.root_device)
-    optimize_for_inference(module.net, compile=cfg.eval.get("compile", False))
+    optimize_for_inference(module.net, compile=cfg.eval.get("compile", False),
+                           reuse_memory=module.reuse_memory)
     trainer.validate(module, datamodule=datamodule)
 
     metrics = {f"val/{k}": v for k, v in module.last_metrics.items()}

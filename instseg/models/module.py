@@ -36,7 +36,8 @@ class MaskRCNNModule(pl.LightningModule):
     """`net` is a torchvision `MaskRCNN`; `optimizer(params)` and `scheduler(optimizer,
     total_steps)` are partials (Hydra `_partial_: true`); the scheduler steps every iteration.
     `nonfinite_loss`: stop | skip, what a step with a NaN/Inf loss does. `reuse_memory`:
-    on CPU, keep freed memory in the process for the next step (a process-wide setting)."""
+    on CPU, keep freed memory in the process for the next step (a process-wide setting; fit
+    makes it here, evaluate.py passes it to optimize_for_inference)."""
 
     def __init__(
         self,
