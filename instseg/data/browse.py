@@ -175,7 +175,6 @@ def prediction_instances(records: list[dict], coco: COCO, height: int, width: in
                      for c in category_ids],
         masks=(torch.from_numpy(np.stack(masks)).bool() if masks
                else torch.zeros((0, height, width), dtype=torch.bool)),
-        records_source=lambda: [r for r, _ in kept],
     )
 
 

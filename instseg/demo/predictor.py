@@ -15,9 +15,8 @@ keeps the size it was trained at when they are None).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cached_property, partial
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -43,16 +42,17 @@ class Instances:
     category_ids: torch.Tensor
     class_names: list[str]
     masks: torch.Tensor
-    # builds `records` when first asked for (RLE-encoding every mask is not free); from the
-    # tensors above, so change them only through a new Instances
-    records_source: Callable[[], list[dict]] = field(repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.scores)
 
     @cached_property
     def records(self) -> list[dict]:
-        return self.records_source()
+        """COCO results records (image_id 0), built when first asked for (RLE-encoding every
+        mask is not free); the RLEs equal those evaluate.py pastes from the same
+        probabilities."""
+        output = {"boxes": self.boxes, "scores": self.scores, "masks": self.masks[:, None]}
+        return ImageDetections.from_category_ids(0, output, self.category_ids.tolist()).records()
 
 
 class Predictor:
@@ -133,15 +133,7 @@ class Predictor:
             boxes=boxes, scores=scores,
             category_ids=category_ids, masks=masks,
             class_names=[self.names[int(c)] for c in category_ids],
-            records_source=partial(_records, boxes, scores, labels, masks, self.categories),
         )
-
-
-def _records(boxes, scores, labels, masks, categories: CategoryMap) -> list[dict]:
-    """COCO results records (image_id 0): the RLEs of the binary masks, which equal those
-    evaluate.py pastes from the same probabilities."""
-    output = {"boxes": boxes, "scores": scores, "labels": labels, "masks": masks[:, None]}
-    return ImageDetections.from_output(0, output, categories).records()
 
 
 def to_uint8_image(image) -> torch.Tensor:

@@ -45,12 +45,19 @@ class ImageDetections:
     def from_output(
         cls, image_id: int, output: dict, categories: CategoryMap, mask_threshold: float = 0.5
     ) -> ImageDetections:
+        category_ids = categories.to_category_ids(output["labels"].cpu())
+        return cls.from_category_ids(image_id, output, category_ids, mask_threshold)
+
+    @classmethod
+    def from_category_ids(
+        cls, image_id: int, output: dict, category_ids: Sequence[int], mask_threshold: float = 0.5
+    ) -> ImageDetections:
+        """from_output with the dataset's category ids given (`output` needs no labels)."""
         boxes = output["boxes"].detach().float().cpu()
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
         detections = cls(
             image_id=int(image_id),
-            category_ids=np.asarray(categories.to_category_ids(output["labels"].cpu()),
-                                    dtype=np.int64),
+            category_ids=np.asarray(category_ids, dtype=np.int64),
             # copies: a view would keep the model output's whole storage alive
             boxes=xywh.numpy().reshape(-1, 4).copy(),
             scores=output["scores"].detach().float().cpu().numpy().copy(),
