@@ -107,7 +107,7 @@ def fresh_model(cfg: DictConfig, datamodule):
     pl.seed_everything(cfg.seed, verbose=False)
     module = build_module(cfg, datamodule)
     params = [p for p in module.net.parameters() if p.requires_grad]
-    return module.net.train(), params, module.optimizer_factory(params=params)
+    return module.net.train(), params, module.build_optimizer(params)
 
 
 def timed_steps(step, batches, steps: int) -> tuple[float, list]:

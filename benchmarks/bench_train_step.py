@@ -20,7 +20,8 @@ instseg  `instseg.pipeline.train(cfg)`, i.e. Trainer.fit of MaskRCNNModule, with
          On CPU its fit has glibc keep freed memory for the next step
          (model.reuse_memory, instseg.utils.memory).
 plain    the same seed, datamodule (its train_dataloader: same batches in the same order),
-         module config (net, optimizer and scheduler partials), then, per batch:
+         module config (net, optimizer and scheduler partials; the optimizer built as
+         instseg builds it, fused: instseg.models.optimizers), then, per batch:
          zero_grad; losses = net(images, targets); sum; backward;
          clip_grad_norm_(params, 10.0); optimizer.step(); scheduler.step()
 plain, reused memory
@@ -40,6 +41,10 @@ step) and what surrounds it, and how much each side's median varies across repea
 All sides start from the same weights and RNG state and see the same batches, so their
 per-step losses should agree: the largest difference is printed as a check that they did
 the same work.
+
+Last, the optimizer step alone, in this process: the model's parameters with fixed random
+gradients, the configured optimizer built fused (as every side above) and as torch builds it
+by default, alternated, median ms over --optimizer-steps steps of each per round.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ from _common import HelpFormatter, compose_config, endless, plain_training_step,
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from instseg.models.optimizers import build_optimizer
 from instseg.pipeline import build_module, train
 from instseg.utils.memory import reuse_freed_memory
 
@@ -156,7 +162,7 @@ def run_plain(cfg: DictConfig, steps: int) -> Run:
     datamodule.setup("fit")
     net = module.net.train()
     params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = module.optimizer_factory(params=params)
+    optimizer = module.build_optimizer(params)
     total = min(steps, len(datamodule.train_dataloader()) * cfg.trainer.max_epochs)
     scheduler = module.scheduler_factory(optimizer=optimizer, total_steps=total)
     clip = cfg.trainer.gradient_clip_val
@@ -273,12 +279,42 @@ def print_noise(runs: list[dict[str, Run]], args) -> None:
               f"(spread {(max(medians) / min(medians) - 1) * 100:.1f}%)")
 
 
+def optimizer_step_ms(cfg: DictConfig, steps: int, rounds: int = 3) -> dict[str, float]:
+    """Median ms of one optimizer step over the model's parameters, fused and torch's
+    default, alternated over `rounds`."""
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg, datamodule)
+    params = [p for p in module.net.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator) * 1e-3
+    times: dict[str, list[float]] = {"fused": [], "default": []}
+    for _ in range(rounds):
+        for kind in times:
+            optimizer = build_optimizer(module.optimizer_factory, params, fused=kind == "fused")
+            optimizer.step()  # state allocated, untimed
+            for _ in range(steps):
+                start = time.perf_counter()
+                optimizer.step()
+                times[kind].append(time.perf_counter() - start)
+    return {kind: statistics.median(t) * 1e3 for kind, t in times.items()}
+
+
+def print_optimizer_steps(cfg: DictConfig, ms: dict[str, float], steps: int) -> None:
+    name = cfg.model.optimizer._target_.rsplit(".", 1)[-1]
+    print(f"optimizer step alone ({name}, the model's parameters, fixed gradients; median of "
+          f"{3 * steps}): fused {ms['fused']:.1f} ms, torch's default {ms['default']:.1f} ms "
+          f"({ms['default'] / ms['fused']:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--steps", type=int, default=50, help="training steps per run")
     parser.add_argument("--warmup", type=int, default=10, help="first steps not timed")
     parser.add_argument("--repeats", type=int, default=4,
                         help="runs of each side (the order rotated every repeat)")
+    parser.add_argument("--optimizer-steps", type=int, default=20,
+                        help="optimizer steps per round in the optimizer comparison")
     parser.add_argument("--data-dir", type=Path,
                         help="paths.data_dir holding (or to receive) shapes/; unset: a "
                              "temporary directory, the set generated there")
@@ -302,6 +338,7 @@ def main() -> None:
             order = SIDES[repeat % 3:] + SIDES[:repeat % 3]
             runs.append({side: in_subprocess(side, repeat * 3 + index, args, work)
                          for index, side in enumerate(order)})
+        optimizer_ms = optimizer_step_ms(cfg, args.optimizer_steps)
     schedules = {run.schedule_steps for repeat in runs for run in repeat.values()}
     print(f"LR schedule length (steps) in all: {sorted(schedules)}")
     overhead = print_table(runs, args)
@@ -317,6 +354,7 @@ def main() -> None:
           f"{overhead['reused ms'] / overhead['plain ms']:.3f}")
     print(f"overhead: {overhead['vs plain']:.1f}% vs plain, {overhead['vs reused']:.1f}% vs "
           "plain with the same allocator setting (target <= 3%)")
+    print_optimizer_steps(cfg, optimizer_ms, args.optimizer_steps)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,12 @@ def run_benchmark(name: str, *args: str, cwd: Path) -> str:
 
 def test_bench_train_step_runs_the_same_steps_on_both_sides(tiny_shapes, tmp_path):
     out = run_benchmark("bench_train_step.py", "--steps", "5", "--warmup", "1", "--repeats", "1",
-                        *tiny_data_overrides(tiny_shapes), *SMALL_MODEL, "data.batch_size=2",
-                        cwd=tmp_path)
+                        "--optimizer-steps", "2", *tiny_data_overrides(tiny_shapes),
+                        *SMALL_MODEL, "data.batch_size=2", cwd=tmp_path)
     median = next(line for line in out.splitlines() if line.startswith("median"))
     assert median.split()[-1] == "0.0e+00"  # max|dloss|: identical losses at every step
     assert re.search(r"^overhead: -?\d+\.\d%", out, re.MULTILINE)
+    assert re.search(r"^optimizer step alone \(AdamW.*: fused \d+\.\d ms", out, re.MULTILINE)
 
 
 def test_bench_data_feeds_the_model_the_same_batches_from_the_loader(tiny_shapes, tmp_path):

@@ -1,10 +1,15 @@
 """instseg.models.module: on CPU, fit makes glibc's keep-freed-memory setting
 (instseg.utils.memory) unless model.reuse_memory=false. The setting's effect on page faults
-is tested in tests/utils/test_memory.py; here, that fit asks for it, and only when told."""
+is tested in tests/utils/test_memory.py; here, that fit asks for it, and only when told.
+Fit builds the fused optimizer unless model.fused_optimizer=false or a GradScaler's
+gradients are clipped."""
 
 from __future__ import annotations
 
 import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import open_dict
 
 from instseg.pipeline import train
 from instseg.utils.memory import reuse_freed_memory
@@ -19,3 +24,42 @@ def test_cpu_fit_asks_for_the_allocator_setting_as_configured(reuse, tiny_shapes
     reuse_freed_memory.cache_clear()  # forget earlier calls in this process (idempotent)
     train(cfg)
     assert reuse_freed_memory.cache_info().currsize == int(reuse)
+
+
+class RecordOptimizer(pl.Callback):
+    """The optimizer fit built, as `RecordOptimizer.seen`."""
+
+    seen: torch.optim.Optimizer | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        RecordOptimizer.seen = trainer.optimizers[0]
+
+
+def fit_one_step(tiny_shapes, tmp_path, overrides: list[str], plugins: list | None = None):
+    cfg = compose_config("train", [*tiny_train_overrides(tiny_shapes), "trainer.max_steps=1",
+                                   "trainer.limit_val_batches=0", "logger=none",
+                                   "callbacks=none", *overrides], tmp_path)
+    with open_dict(cfg):
+        cfg.callbacks = {"record": {"_target_": f"{__name__}.RecordOptimizer"}}
+        if plugins:
+            cfg.trainer.precision = None
+            cfg.trainer.plugins = plugins
+    RecordOptimizer.seen = None
+    train(cfg)
+    return RecordOptimizer.seen
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fit_uses_the_fused_optimizer_as_configured(fused, tiny_shapes, tmp_path):
+    optimizer = fit_one_step(tiny_shapes, tmp_path, [f"model.fused_optimizer={fused}"])
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert bool(optimizer.defaults["fused"]) is fused
+
+
+def test_16_mixed_with_clipping_trains_with_the_unfused_optimizer(tiny_shapes, tmp_path):
+    # Lightning clips after unscaling the GradScaler's gradients, which it cannot do for a
+    # fused optimizer (it raises); fp16 autocast on CPU through an explicit plugin
+    scaled = [{"_target_": "pytorch_lightning.plugins.MixedPrecision", "precision": "16-mixed",
+               "device": "cpu", "scaler": {"_target_": "torch.amp.GradScaler", "device": "cpu"}}]
+    optimizer = fit_one_step(tiny_shapes, tmp_path, ["trainer.gradient_clip_val=1.0"], scaled)
+    assert not optimizer.defaults["fused"]
