@@ -16,9 +16,10 @@ instseg.utils.memory): every step allocates the same large activations and gradi
 glibc would otherwise hand back to the kernel and fault in again, zeroed, the next step.
 
 The optimizer is torch's fused implementation where it has one (`fused_optimizer`,
-instseg.models.optimizers), except under 16-mixed with gradient clipping: gradients must be
-unscaled before they are clipped, and a fused optimizer unscales them only inside its step
-(Lightning refuses the combination), so there the optimizer is built as configured.
+instseg.models.optimizers), except with mixed precision (16-mixed, bf16-mixed) and gradient
+clipping: Lightning refuses a fused optimizer there (under 16-mixed, gradients must be
+unscaled before they are clipped, and a fused optimizer unscales them only inside its step),
+so there the optimizer is built as configured.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins import MixedPrecision
 from torch import nn
 
 from instseg.evaluation.coco import CocoEvaluator
@@ -151,14 +153,14 @@ class MaskRCNNModule(pl.LightningModule):
 
     def build_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         """The configured optimizer over `params`, fused as `fused_optimizer` says unless
-        the trainer clips gradients that a GradScaler scaled (16-mixed)."""
+        the trainer clips gradients under mixed precision."""
         return build_optimizer(self.optimizer_factory, params,
-                               fused=self.fused_optimizer and not self._clips_scaled_gradients())
+                               fused=self.fused_optimizer and not self._clips_mixed_precision())
 
-    def _clips_scaled_gradients(self) -> bool:
+    def _clips_mixed_precision(self) -> bool:
         trainer = self._trainer  # None when the module is used outside a Trainer
         return (trainer is not None and bool(trainer.gradient_clip_val)
-                and getattr(trainer.precision_plugin, "scaler", None) is not None)
+                and isinstance(trainer.precision_plugin, MixedPrecision))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite.check_saved(checkpoint["state_dict"], self.global_step)

@@ -1,8 +1,9 @@
 """instseg.models.module: on CPU, fit makes glibc's keep-freed-memory setting
 (instseg.utils.memory) unless model.reuse_memory=false. The setting's effect on page faults
 is tested in tests/utils/test_memory.py; here, that fit asks for it, and only when told.
-Fit builds the fused optimizer unless model.fused_optimizer=false or a GradScaler's
-gradients are clipped."""
+Fit builds the fused optimizer unless model.fused_optimizer=false or gradients are clipped
+under mixed precision, and frees the gradients before the forward pass that starts an
+accumulation."""
 
 from __future__ import annotations
 
@@ -56,10 +57,42 @@ def test_fit_uses_the_fused_optimizer_as_configured(fused, tiny_shapes, tmp_path
     assert bool(optimizer.defaults["fused"]) is fused
 
 
-def test_16_mixed_with_clipping_trains_with_the_unfused_optimizer(tiny_shapes, tmp_path):
-    # Lightning clips after unscaling the GradScaler's gradients, which it cannot do for a
-    # fused optimizer (it raises); fp16 autocast on CPU through an explicit plugin
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_mixed_precision_with_clipping_trains_with_the_unfused_optimizer(precision, tiny_shapes,
+                                                                         tmp_path):
+    # Lightning refuses to clip gradients for a fused optimizer under mixed precision (16-mixed:
+    # it must unscale the GradScaler's gradients first). fp16 autocast on CPU needs the plugin
+    # spelled out (trainer.precision=16-mixed turns into bf16-mixed on CPU).
     scaled = [{"_target_": "pytorch_lightning.plugins.MixedPrecision", "precision": "16-mixed",
                "device": "cpu", "scaler": {"_target_": "torch.amp.GradScaler", "device": "cpu"}}]
-    optimizer = fit_one_step(tiny_shapes, tmp_path, ["trainer.gradient_clip_val=1.0"], scaled)
+    optimizer = fit_one_step(
+        tiny_shapes, tmp_path, ["trainer.gradient_clip_val=1.0", f"trainer.precision={precision}"],
+        plugins=scaled if precision == "16-mixed" else None)
     assert not optimizer.defaults["fused"]
+
+
+class RecordGradsAtForward(pl.Callback):
+    """Per training forward pass of the net: whether any parameter still holds a gradient."""
+
+    held: list[bool] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        RecordGradsAtForward.held = []
+        pl_module.net.register_forward_pre_hook(self._record)
+
+    def _record(self, net, args) -> None:
+        RecordGradsAtForward.held.append(any(p.grad is not None for p in net.parameters()))
+
+
+def test_gradients_are_freed_before_the_forward_pass_that_starts_an_accumulation(tiny_shapes,
+                                                                                 tmp_path):
+    # Freed before the forward pass (not after it, where Lightning zeroes them), and only
+    # where Lightning would zero them: the first batch of every accumulation.
+    cfg = compose_config("train", [*tiny_train_overrides(tiny_shapes), "trainer.max_steps=2",
+                                   "trainer.accumulate_grad_batches=2",
+                                   "trainer.limit_val_batches=0", "logger=none",
+                                   "callbacks=none"], tmp_path)
+    with open_dict(cfg):
+        cfg.callbacks = {"record": {"_target_": f"{__name__}.RecordGradsAtForward"}}
+    train(cfg)
+    assert RecordGradsAtForward.held == [False, True, False, True]
