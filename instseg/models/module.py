@@ -78,10 +78,11 @@ class MaskRCNNModule(pl.LightningModule):
             reuse_freed_memory()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        # Lightning zeroes gradients after the forward pass, so the previous step's (set to
-        # None) would be held through it; freed here first, as a plain loop does, a CPU step
-        # of small_cpu took 3-4% less time (benchmarks/bench_train_step.py, "loop's own").
-        # The same batches as Lightning's own zeroing (the first of each accumulation).
+        # Lightning zeroes gradients after the forward pass, so the previous step's would be
+        # held through it. Freed here first, as a plain loop does, small_cpu's CPU step
+        # inside Lightning went from 6.5 ms slower than the plain loop's to the same
+        # (benchmarks/bench_train_step.py; benchmarks/README.md). At the same batches as
+        # Lightning's own zeroing: the first of each accumulation.
         if batch_idx % self.trainer.accumulate_grad_batches == 0:
             for optimizer in self.trainer.optimizers:
                 optimizer.zero_grad(set_to_none=True)
