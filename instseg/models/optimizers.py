@@ -9,6 +9,11 @@ against 36.0 ms on 2 CPU cores, benchmarks/README.md).
 
 An optimizer config that sets `fused` or `foreach` itself is taken as it is, and so is an
 optimizer class without a `fused` argument.
+
+The implementation is the one built here even after `load_state_dict` (a resumed run):
+torch would take the checkpoint's `fused`/`foreach` along with its hyperparameters, so a
+checkpoint written unfused would make a fused-built optimizer step unfused while still
+telling a GradScaler that it unscales the gradients itself, which it then would not.
 """
 
 from __future__ import annotations
@@ -27,8 +32,27 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """`factory(params=params)`, adding `fused=True` when asked for and `takes_fused`."""
     if fused and takes_fused(factory):
-        return factory(params=params, fused=True)
-    return factory(params=params)
+        optimizer = factory(params=params, fused=True)
+    else:
+        optimizer = factory(params=params)
+    optimizer.register_load_state_dict_post_hook(_implementation_keeper(optimizer))
+    return optimizer
+
+
+IMPLEMENTATION_KEYS = ("fused", "foreach")
+
+
+def _implementation_keeper(optimizer: torch.optim.Optimizer):
+    """A load_state_dict post-hook that puts back the implementation `optimizer` was built
+    with (its groups' fused/foreach), whatever the loaded state says."""
+    built = [{k: group[k] for k in IMPLEMENTATION_KEYS if k in group}
+             for group in optimizer.param_groups]
+
+    def keep(loaded: torch.optim.Optimizer) -> None:
+        for group, implementation in zip(loaded.param_groups, built, strict=True):
+            group.update(implementation)
+
+    return keep
 
 
 def takes_fused(factory: Callable[..., torch.optim.Optimizer]) -> bool:

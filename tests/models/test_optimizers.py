@@ -54,3 +54,20 @@ def test_fused_steps_match_the_unfused_ones(optimizer):
     for fused_p, plain_p, p0 in zip(weights[True], weights[False], start, strict=True):
         assert not torch.equal(fused_p, p0)  # the steps moved the weights
         torch.testing.assert_close(fused_p, plain_p, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("saved_fused", [True, False])
+def test_loading_a_state_keeps_the_implementation_it_was_built_with(saved_fused):
+    # a resumed run: the checkpoint's optimizer written fused or not, whatever this run builds
+    saved = build_optimizer(torch.optim.AdamW, params(), fused=saved_fused)
+    for p in saved.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    saved.step()
+    for fused in (True, False):
+        resumed = build_optimizer(functools.partial(torch.optim.AdamW, lr=0.5), params(),
+                                  fused=fused)
+        resumed.load_state_dict(saved.state_dict())
+        group = resumed.param_groups[0]
+        assert bool(group["fused"]) is fused
+        assert group["lr"] == saved.param_groups[0]["lr"]  # the hyperparameters still load
+        assert getattr(resumed, "_step_supports_amp_scaling", False) is fused
