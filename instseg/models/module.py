@@ -82,7 +82,9 @@ class MaskRCNNModule(pl.LightningModule):
         # held through it. Freed here first, as a plain loop does, small_cpu's CPU step
         # inside Lightning went from 6.5 ms slower than the plain loop's to the same
         # (benchmarks/bench_train_step.py; benchmarks/README.md). At the same batches as
-        # Lightning's own zeroing: the first of each accumulation.
+        # Lightning's own zeroing: the first of each accumulation. (Callbacks'
+        # on_before_zero_grad, which Lightning still calls after the forward pass, find the
+        # gradients already gone.)
         if batch_idx % self.trainer.accumulate_grad_batches == 0:
             for optimizer in self.trainer.optimizers:
                 optimizer.zero_grad(set_to_none=True)

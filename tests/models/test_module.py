@@ -17,13 +17,26 @@ from instseg.utils.memory import reuse_freed_memory
 from tests.conftest import compose_config, tiny_train_overrides
 
 
-@pytest.mark.parametrize("reuse", [True, False])
-def test_cpu_fit_asks_for_the_allocator_setting_as_configured(reuse, tiny_shapes, tmp_path):
+def fit(tiny_shapes, tmp_path, overrides: list[str], callback: type | None = None,
+        plugins: list | None = None) -> None:
+    """train() on the tiny set for trainer.max_steps (1 unless overridden), no validation,
+    logger or callbacks but `callback`; `plugins` replace trainer.precision."""
     cfg = compose_config("train", [*tiny_train_overrides(tiny_shapes), "trainer.max_steps=1",
                                    "trainer.limit_val_batches=0", "logger=none",
-                                   "callbacks=none", f"model.reuse_memory={reuse}"], tmp_path)
-    reuse_freed_memory.cache_clear()  # forget earlier calls in this process (idempotent)
+                                   "callbacks=none", *overrides], tmp_path)
+    with open_dict(cfg):
+        if callback is not None:
+            cfg.callbacks = {"probe": {"_target_": f"{__name__}.{callback.__name__}"}}
+        if plugins:
+            cfg.trainer.precision = None
+            cfg.trainer.plugins = plugins
     train(cfg)
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_cpu_fit_asks_for_the_allocator_setting_as_configured(reuse, tiny_shapes, tmp_path):
+    reuse_freed_memory.cache_clear()  # forget earlier calls in this process (idempotent)
+    fit(tiny_shapes, tmp_path, [f"model.reuse_memory={reuse}"])
     assert reuse_freed_memory.cache_info().currsize == int(reuse)
 
 
@@ -36,23 +49,15 @@ class RecordOptimizer(pl.Callback):
         RecordOptimizer.seen = trainer.optimizers[0]
 
 
-def fit_one_step(tiny_shapes, tmp_path, overrides: list[str], plugins: list | None = None):
-    cfg = compose_config("train", [*tiny_train_overrides(tiny_shapes), "trainer.max_steps=1",
-                                   "trainer.limit_val_batches=0", "logger=none",
-                                   "callbacks=none", *overrides], tmp_path)
-    with open_dict(cfg):
-        cfg.callbacks = {"record": {"_target_": f"{__name__}.RecordOptimizer"}}
-        if plugins:
-            cfg.trainer.precision = None
-            cfg.trainer.plugins = plugins
+def fitted_optimizer(tiny_shapes, tmp_path, overrides: list[str], plugins: list | None = None):
     RecordOptimizer.seen = None
-    train(cfg)
+    fit(tiny_shapes, tmp_path, overrides, RecordOptimizer, plugins)
     return RecordOptimizer.seen
 
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_fit_uses_the_fused_optimizer_as_configured(fused, tiny_shapes, tmp_path):
-    optimizer = fit_one_step(tiny_shapes, tmp_path, [f"model.fused_optimizer={fused}"])
+    optimizer = fitted_optimizer(tiny_shapes, tmp_path, [f"model.fused_optimizer={fused}"])
     assert isinstance(optimizer, torch.optim.AdamW)
     assert bool(optimizer.defaults["fused"]) is fused
 
@@ -65,7 +70,7 @@ def test_mixed_precision_with_clipping_trains_with_the_unfused_optimizer(precisi
     # spelled out (trainer.precision=16-mixed turns into bf16-mixed on CPU).
     scaled = [{"_target_": "pytorch_lightning.plugins.MixedPrecision", "precision": "16-mixed",
                "device": "cpu", "scaler": {"_target_": "torch.amp.GradScaler", "device": "cpu"}}]
-    optimizer = fit_one_step(
+    optimizer = fitted_optimizer(
         tiny_shapes, tmp_path, ["trainer.gradient_clip_val=1.0", f"trainer.precision={precision}"],
         plugins=scaled if precision == "16-mixed" else None)
     assert not optimizer.defaults["fused"]
@@ -88,11 +93,6 @@ def test_gradients_are_freed_before_the_forward_pass_that_starts_an_accumulation
                                                                                  tmp_path):
     # Freed before the forward pass (not after it, where Lightning zeroes them), and only
     # where Lightning would zero them: the first batch of every accumulation.
-    cfg = compose_config("train", [*tiny_train_overrides(tiny_shapes), "trainer.max_steps=2",
-                                   "trainer.accumulate_grad_batches=2",
-                                   "trainer.limit_val_batches=0", "logger=none",
-                                   "callbacks=none"], tmp_path)
-    with open_dict(cfg):
-        cfg.callbacks = {"record": {"_target_": f"{__name__}.RecordGradsAtForward"}}
-    train(cfg)
+    fit(tiny_shapes, tmp_path, ["trainer.max_steps=2", "trainer.accumulate_grad_batches=2"],
+        RecordGradsAtForward)
     assert RecordGradsAtForward.held == [False, True, False, True]
