@@ -1,4 +1,10 @@
-"""Shared fixtures: config composition, a tiny generated shapes set, and the real data folder."""
+"""Shared fixtures: config composition, a tiny generated shapes set, the real data folder, and
+a torch hub cache of planted weights (tests/weights_cache.py).
+
+No test may reach the network, whether or not the machine has one: at start, every HTTP(S)
+request of this process and of the processes it starts goes to a proxy on a closed local
+port, so a download fails at once (torch.hub raises URLError), as it does offline.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,24 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from tests.weights_cache import WeightsCache
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "conf"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # A handful of 96 px images: enough for every code path, seconds to train on.
 TINY_SHAPES = dict(num_train=12, num_val=7, image_size=96, max_objects=3, seed=1)
+
+
+CLOSED_PORT_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens there
+
+
+def pytest_configure(config) -> None:
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        os.environ[name] = CLOSED_PORT_PROXY
+    for name in ("no_proxy", "NO_PROXY"):
+        os.environ.pop(name, None)
 
 
 def shared_data(*parts: str) -> Path:
@@ -79,3 +97,10 @@ def trained_run(tiny_shapes, tmp_path_factory) -> tuple[Path, dict]:
 def tiny_checkpoint(trained_run) -> Path:
     """The best checkpoint of trained_run."""
     return next((trained_run[0] / "checkpoints").glob("best-*.ckpt"))
+
+
+@pytest.fixture(scope="session")
+def weights_cache(tmp_path_factory) -> WeightsCache:
+    """A TORCH_HOME to plant torchvision weight files in (`.plant(enum name, ...)`); tests
+    point TORCH_HOME at `.root` with monkeypatch.setenv (subprocesses inherit it)."""
+    return WeightsCache(tmp_path_factory.mktemp("torch_home"))
