@@ -3,10 +3,11 @@
 import hydra
 from omegaconf import DictConfig
 
+from instseg.configs import CONFIG_PATH
 from instseg.pipeline import evaluate, run_cli
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
     return run_cli(evaluate, cfg)
 

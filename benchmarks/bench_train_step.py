@@ -18,7 +18,7 @@ or Lightning without extras: logger=none callbacks=none +trainer.enable_progress
 instseg  `instseg.pipeline.train(cfg)`, i.e. Trainer.fit of MaskRCNNModule, with one more
          callback recording time.perf_counter() at every on_train_batch_start and _end.
          On CPU its fit has glibc keep freed memory for the next step
-         (model.reuse_memory, instseg.utils.memory).
+         (runtime.reuse_memory, instseg.utils.memory).
 plain    the same seed, datamodule (its train_dataloader: same batches in the same order),
          module config (net, optimizer and scheduler partials; the optimizer built as
          instseg builds it, fused: instseg.models.optimizers), then, per batch:
@@ -219,7 +219,7 @@ def print_header(cfg: DictConfig, args) -> None:
           f"{cfg.model.net.backbone.arch} FPN at {cfg.model.net.min_size} px; seed {cfg.seed}; "
           f"precision {cfg.trainer.precision}; clip {cfg.trainer.gradient_clip_val}")
     print(f"instseg: logger {loggers}, log_every_n_steps {cfg.trainer.log_every_n_steps}; "
-          f"callbacks {callbacks}; model.reuse_memory {cfg.model.get('reuse_memory')}")
+          f"callbacks {callbacks}; runtime.reuse_memory {cfg.runtime.get('reuse_memory')}")
     print(f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs; torch "
           f"{torch.__version__}, Lightning {pl.__version__}; load average "
           f"{os.getloadavg()[0]:.2f} at start")

@@ -11,8 +11,10 @@
 - `resume_path`: `ckpt_path=last` is the newest last*.ckpt in this run's checkpoint
   directories (`hydra.run.dir=<run dir> ckpt_path=last` continues that run; without one,
   training starts from scratch, as a job script run before and after a requeue wants).
-- `check_fits`: a checkpoint resumed or evaluated must have been written by the same model
-  config, else an InstsegError lists the differing config keys and the state-dict mismatch.
+- `check_fits`: a checkpoint resumed or evaluated must have been written by the same
+  architecture (the model config's `net`, and weights of the same names and shapes), else an
+  InstsegError lists the differing `model.net` keys and the state-dict mismatch. Run options,
+  the weights a run started from, the optimizer and the schedule may differ.
 - `check_targets`: a config read from a checkpoint may only instantiate allowlisted
   callables (a checkpoint from elsewhere could name os.system). Files themselves are read
   with torch.load(weights_only=True): no pickled code runs.
@@ -37,8 +39,8 @@ from instseg.utils.errors import InstsegError
 
 log = logging.getLogger(__name__)
 
-# Model config keys that choose how a run starts or reacts, not what its weights are.
-NOT_ARCHITECTURE = ("weights", "coco_weights", "eval_backend", "nonfinite_loss")
+# The part of a model config that says what the model is: what check_fits compares.
+ARCHITECTURE = "net"
 # What conf/model/** and conf/data/** instantiate; a checkpoint's config may name nothing else.
 MODEL_TARGETS = ("instseg.models.", "torchvision.models.detection.", "torchvision.ops.",
                  "torch.optim.", "torch.nn.")
@@ -148,17 +150,20 @@ def resume_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
 
 def check_fits(path, recorded_model: dict, current_model: dict,
                checkpoint_state: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor],
-               hint: str = "") -> None:
-    """InstsegError when checkpoint `path` was written by another model config than the
-    current one, or its state dict does not fit the model built: both listed."""
+               hint: str = "") -> int:
+    """InstsegError when checkpoint `path` was written by another architecture than the
+    current model config's, or its state dict does not fit the model built: both listed.
+    Returns the number of architecture keys compared."""
+    compared = len(architecture_keys(recorded_model).keys() | architecture_keys(current_model))
     differences = config_differences(recorded_model, current_model)
     mismatch = state_dict_mismatch(checkpoint_state, model_state)
     if not differences and not mismatch:
-        return
+        return compared
     lines = [f"{path} does not fit this model:"]
     if differences:
-        lines += _listed(f"model config keys that differ (checkpoint -> now): "
-                         f"{len(differences)}", differences, 2 * SHOWN)
+        lines += _listed(f"architecture keys that differ (checkpoint -> now; {compared} keys "
+                         f"under model.{ARCHITECTURE} compared): {len(differences)}",
+                         differences, 2 * SHOWN)
     lines += mismatch or ["(the weights have the same names and shapes)"]
     raise InstsegError("\n  ".join(lines) + (f"\n{hint}" if hint else ""))
 
@@ -168,14 +173,16 @@ def _listed(title: str, items: list[str], shown: int = SHOWN) -> list[str]:
     return [title, *[f"  {item}" for item in items[:shown]], *more]
 
 
-def config_differences(recorded: dict, current: dict, prefix: str = "model") -> list[str]:
-    """`key: recorded -> current` for every flattened key whose values differ (architecture
-    keys only: NOT_ARCHITECTURE at the top level is left out)."""
-    recorded, current = (
-        {k: v for k, v in _flatten(c, prefix).items()
-         if k.split(".")[1] not in NOT_ARCHITECTURE}
-        for c in (recorded, current)
-    )
+def architecture_keys(model_config: dict, part: str = ARCHITECTURE) -> dict[str, Any]:
+    """The flattened `model.<part>.*` keys of a model config (model.net: the architecture),
+    with their values."""
+    return _flatten(model_config.get(part) or {}, f"model.{part}")
+
+
+def config_differences(recorded: dict, current: dict, part: str = ARCHITECTURE) -> list[str]:
+    """`key: recorded -> current` for every key under model.<part> (by default model.net,
+    the architecture) whose values differ between two model configs."""
+    recorded, current = architecture_keys(recorded, part), architecture_keys(current, part)
     absent = "(absent)"
     return [f"{key}: {recorded.get(key, absent)} -> {current.get(key, absent)}"
             for key in sorted(recorded.keys() | current.keys())

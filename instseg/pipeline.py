@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torchvision.models import get_weight
 
+from instseg import configs
 from instseg.checkpoints import (
     DATA_TARGETS,
     MODEL_TARGETS,
@@ -40,6 +41,7 @@ from instseg.data.categories import CategoryMap
 from instseg.demo.inputs import collect_inputs
 from instseg.demo.predictor import Predictor
 from instseg.evaluation.coco import CocoEvaluator
+from instseg.evaluation.results import check_results, load_results
 from instseg.models.inference import optimize_for_inference
 from instseg.models.schedules import linear_scaling
 from instseg.models.weights import (
@@ -54,12 +56,15 @@ from instseg.utils.errors import InstsegError, exit_on_user_error
 from instseg.utils.sweeps import ddp_children_run_this_job
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONFIG_DIR = configs.CONFIG_DIR  # the package instseg.conf (instseg/configs.py)
 CHECKPOINT_KEY = "instseg"
 RNG_KEY = "instseg_rng_states"
 MONITOR = "val/segm_mAP"
 # Keys of the model config read here rather than passed to the LightningModule.
 PRETRAINED_KEYS = ("weights", "coco_weights")
+# Run options that checkpoints written by earlier versions recorded inside the model config;
+# they are now the task's (cfg.runtime, cfg.eval) and passed in, so recorded values are dropped.
+FORMER_MODEL_KEYS = ("eval_backend", "nonfinite_loss", "reuse_memory", "fused_optimizer")
 
 
 class RecordRun(pl.Callback):
@@ -99,7 +104,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, callbacks=callbacks, logger=_instantiate_group(cfg.get("logger")) or False
     )
     _scale_to_total_batch(cfg, trainer)
-    module = build_module(cfg, datamodule)
+    module = build_module(cfg, datamodule, **run_options(cfg))
     record.config = OmegaConf.to_container(cfg, resolve=True)
     record.categories = datamodule.categories
     output_dir = Path(cfg.paths.output_dir)
@@ -123,11 +128,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _check_resume(path: str, config: dict, module: pl.LightningModule) -> None:
-    """InstsegError unless checkpoint `path` was written by this run's model config."""
+    """InstsegError unless checkpoint `path` was written by this run's architecture
+    (model.net and the weights); run options, optimizer and schedule may differ."""
     recorded, state = load_checkpoint(path, mmap=True)  # tensors stay on disk
-    check_fits(path, recorded["config"]["model"], config["model"], state, module.state_dict(),
-               hint="Resume with the overrides of the run that wrote it (its "
-                    ".hydra/overrides.yaml); to fine-tune from it instead: model.weights=PATH.")
+    compared = check_fits(
+        path, recorded["config"]["model"], config["model"], state, module.state_dict(),
+        hint="Resume with the overrides of the run that wrote it (its "
+             ".hydra/overrides.yaml); to fine-tune from it instead: model.weights=PATH.")
+    log.info("resuming %s: same architecture (%d keys under model.net and %d weights compared)",
+             path, compared, len(state))
+    for part in ("optimizer", "scheduler"):
+        changed = config_differences(recorded["config"]["model"], config["model"], part)
+        if changed:  # Lightning restores the checkpoint's optimizer and scheduler states
+            log.warning("model.%s differs from the checkpoint's (%s): the resumed run continues "
+                        "with the checkpoint's %s state, so these values do not take effect; "
+                        "to train with them, start from its weights: model.weights=%s",
+                        part, "; ".join(changed), part, path)
+
+
+def run_options(cfg: DictConfig) -> dict:
+    """The LightningModule's run options from the task's config (cfg.runtime, cfg.eval):
+    how the run treats the model, not what the model is."""
+    options = dict(cfg.get("runtime") or {})
+    if cfg.get("eval") is not None:
+        options["eval_backend"] = cfg.eval.backend
+    return options
 
 
 def _scale_to_total_batch(cfg: DictConfig, trainer: pl.Trainer) -> None:
@@ -161,8 +186,9 @@ def _scale_to_total_batch(cfg: DictConfig, trainer: pl.Trainer) -> None:
              scaled["milestones"])
 
 
-def build_module(cfg: DictConfig, datamodule) -> pl.LightningModule:
-    """Instantiate cfg.model for the datamodule's categories, starting from cfg.model.weights.
+def build_module(cfg: DictConfig, datamodule, **options) -> pl.LightningModule:
+    """Instantiate cfg.model for the datamodule's categories, starting from cfg.model.weights
+    (`options`: the module's run options, see run_options).
 
     Pretrained weights keep their own label space (e.g. torchvision's 91 COCO outputs) when it
     includes every dataset category; otherwise the model gets the dataset's categories and
@@ -178,17 +204,19 @@ def build_module(cfg: DictConfig, datamodule) -> pl.LightningModule:
              ", ".join(categories.names[:10]) + (", ..." if len(categories.names) > 10 else ""))
     with open_dict(cfg):
         cfg.num_classes = categories.num_classes
-    module = instantiate_module(cfg)
+    module = instantiate_module(cfg, **options)
     if state is not None:
         load_pretrained(module.net, state, source)
     return module
 
 
-def instantiate_module(cfg: DictConfig) -> pl.LightningModule:
-    """cfg.model without the keys that only the pipeline reads (resolved against the root)."""
+def instantiate_module(cfg: DictConfig, **options) -> pl.LightningModule:
+    """cfg.model without the keys that only the pipeline reads (resolved against the root),
+    with the run `options` passed in (see run_options)."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
+    dropped = PRETRAINED_KEYS + FORMER_MODEL_KEYS
     try:
-        return instantiate({k: v for k, v in model.items() if k not in PRETRAINED_KEYS})
+        return instantiate({k: v for k, v in model.items() if k not in dropped}, **options)
     except InstantiationException as error:  # a user error in the config: its message alone
         if isinstance(error.__cause__, InstsegError):
             raise error.__cause__ from None
@@ -223,11 +251,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("ckpt"):
         datamodule, module, record = _from_checkpoint(cfg)
     elif cfg.get("model") is not None and cfg.get("data") is not None:
-        with open_dict(cfg):
-            cfg.model.eval_backend = cfg.eval.backend
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
-        module = build_module(cfg, datamodule)
+        module = build_module(cfg, datamodule, **run_options(cfg))
     else:
         raise InstsegError("evaluate needs ckpt=PATH, or model=... (with model.weights=...) "
                            "and data=...")
@@ -236,7 +262,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     # optimisations must not follow the net onto a GPU).
     module.to(trainer.strategy.root_device)
     optimize_for_inference(module.net, compile=cfg.eval.get("compile", False),
-                           reuse_memory=module.reuse_memory)
+                           reuse_memory=cfg.runtime.reuse_memory)
     trainer.validate(module, datamodule=datamodule)
 
     metrics = {f"val/{k}": v for k, v in module.last_metrics.items()}
@@ -251,36 +277,33 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 def _score_predictions(cfg: DictConfig) -> dict[str, float]:
-    """Score a COCO results file against the data config's validation ground truth."""
-    if cfg.get("data") is None:
-        raise InstsegError("predictions=FILE needs data=... for the ground truth")
+    """Score a COCO results file against the data config's validation ground truth, on the
+    tasks its records hold (bbox-only results: bbox; segm is reported not applicable)."""
     path = Path(cfg.predictions)
-    if not path.is_file():
-        raise InstsegError(f"predictions file not found: {path}")
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InstsegError(f"{path}: not a json file ({error})") from error
-    if not isinstance(results, list):
-        raise InstsegError(f"{path}: expected a COCO results list of detections")
+    if cfg.get("data") is None:
+        raise InstsegError(f"predictions={path} needs data=... for the ground truth")
+    records = load_results(path)  # the file's own errors before the ground truth is read
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     gt = datamodule.val_coco
-    evaluator = CocoEvaluator(gt, datamodule.categories, backend=cfg.eval.backend)
-    image_ids = sorted(gt.imgs)
-    try:
-        scored, evaluator.category_ap, _ = evaluator.score(image_ids, results)
-    except (KeyError, TypeError, ValueError) as error:
-        raise InstsegError(f"{path}: cannot score these results ({error!r})") from error
+    results = check_results(records, gt, path)
+    evaluator = CocoEvaluator(gt, datamodule.categories, backend=cfg.eval.backend,
+                              iou_types=results.tasks)
+    scored, evaluator.category_ap, _ = evaluator.score(sorted(gt.imgs), results.records)
+    for task, why in results.not_applicable.items():
+        print(f"COCO {task}: not applicable: {why}")
     metrics = {f"val/{k}": v for k, v in scored.items()}
-    _write_report(cfg, evaluator, metrics, {"predictions": str(path)})
-    print(f"{MONITOR} = {metrics[MONITOR]:.4f}")
+    _write_report(cfg, evaluator, metrics, {"predictions": str(path),
+                                            "tasks": results.summary()})
+    headline = MONITOR if MONITOR in metrics else f"val/{results.tasks[0]}_mAP"
+    print(f"{headline} = {metrics[headline]:.4f}")
     return metrics
 
 
 def _write_report(cfg: DictConfig, evaluator: CocoEvaluator, metrics: dict, about: dict) -> None:
-    """metrics.json (12 stats per task, AP per category) and the predictions in COCO results
-    format, coco_instances_results.json (RLE masks), in the run directory."""
+    """metrics.json (`about`, 12 stats per task scored, AP per category) and, unless `about`
+    names a scored predictions file, the predictions in COCO results format,
+    coco_instances_results.json (RLE masks), in the run directory."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     per_category = {  # NaN (no ground truth) is not json: null
@@ -289,14 +312,16 @@ def _write_report(cfg: DictConfig, evaluator: CocoEvaluator, metrics: dict, abou
     }
     report = about | {"metrics": metrics, "ap_per_category": per_category}
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-    if "predictions" not in about:
-        evaluator.write_results(output_dir / "coco_instances_results.json")
+    if "predictions" in about:  # the predictions are the user's file: nothing to write
+        print(f"metrics written to {output_dir / 'metrics.json'}")
+        return
+    evaluator.write_results(output_dir / "coco_instances_results.json")
     print(f"metrics and predictions written to {output_dir}")
 
 
 def _from_checkpoint(cfg: DictConfig):
     """Datamodule and module rebuilt from the config recorded in cfg.ckpt (or cfg.data)."""
-    module, categories, record = module_from_checkpoint(cfg.ckpt, cfg.eval.backend)
+    module, categories, record = module_from_checkpoint(cfg.ckpt, **run_options(cfg))
     with open_dict(cfg):
         cfg.num_classes = record["config"]["num_classes"]
         if cfg.get("model") is not None:  # model=... as well: it must be the checkpoint's
@@ -312,7 +337,7 @@ def _from_checkpoint(cfg: DictConfig):
 
 
 def _check_same_model(cfg: DictConfig, recorded: dict, module: pl.LightningModule) -> None:
-    """InstsegError when cfg.model differs from the model config recorded in cfg.ckpt (the
+    """InstsegError when cfg.model's architecture differs from the one recorded in cfg.ckpt (the
     model of cfg.model is built only then, to list the weights that do not fit it)."""
     current = OmegaConf.to_container(cfg.model, resolve=True)
     if config_differences(recorded, current):
@@ -322,16 +347,15 @@ def _check_same_model(cfg: DictConfig, recorded: dict, module: pl.LightningModul
                         "model=...")
 
 
-def module_from_checkpoint(path: str | Path, eval_backend: str | None = None):
+def module_from_checkpoint(path: str | Path, **options):
     """(LightningModule with the checkpoint's weights, its CategoryMap, the run record) of a
-    checkpoint written by `train`, built from the model config recorded in it."""
+    checkpoint written by `train`, built from the model config recorded in it, with the run
+    `options` given here (see run_options; the module's defaults otherwise)."""
     record, state_dict = load_checkpoint(path)
     recorded = record["config"]["model"]
     check_targets(recorded, MODEL_TARGETS, path, "model")  # before anything is instantiated
     cfg = OmegaConf.create({"num_classes": record["config"]["num_classes"], "model": recorded})
-    if eval_backend is not None:
-        cfg.model.eval_backend = eval_backend
-    module = instantiate_module(cfg)
+    module = instantiate_module(cfg, **options)
     check_fits(path, recorded, recorded, state_dict, module.state_dict(),
                hint="(written by another version of instseg's models, or altered)")
     module.load_state_dict(state_dict)
@@ -363,10 +387,7 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> tuple[dict, dict]:
 
 def compose_model_config(model: str, weights: str | None = "coco") -> DictConfig:
     """conf/model/<model>.yaml (with model.weights) composed outside any Hydra app."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return compose("demo", overrides=[f"model={model}", f"model.weights={weights}"])
+    return configs.compose("demo", [f"model={model}", f"model.weights={weights}"])
 
 
 def demo(cfg: DictConfig) -> dict[str, float]:
@@ -405,4 +426,5 @@ def run_cli(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> 
             metrics = task(cfg)
     except SIGTERMException:  # Lightning's SystemExit, status 0 by itself
         sys.exit(128 + signal.SIGTERM)
-    return metrics.get(MONITOR)  # what a Hydra sweeper optimises
+    # What a Hydra sweeper optimises (bbox AP for a bbox-only results file).
+    return metrics.get(MONITOR, metrics.get("val/bbox_mAP"))

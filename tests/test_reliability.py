@@ -247,7 +247,7 @@ def test_a_skipped_nan_step_changes_nothing_and_the_run_goes_on(tiny_shapes, tmp
     snapshots = tmp_path / "snapshots"
     cfg = compose_config("train", _recipe(
         tiny_shapes, *_callback("poison", PoisonImages, at_step=3, snapshots=snapshots),
-        "model.nonfinite_loss=skip", "trainer.max_steps=7"), tmp_path)
+        "runtime.nonfinite_loss=skip", "trainer.max_steps=7"), tmp_path)
     metrics = train(cfg)
     before, after = _load(snapshots / "before.ckpt"), _load(snapshots / "after.ckpt")
     _assert_same_weights(snapshots / "after.ckpt", snapshots / "before.ckpt")
@@ -280,8 +280,8 @@ def test_non_finite_weights_are_never_checkpointed(tiny_shapes, tmp_path):
 
 
 def test_an_unknown_nonfinite_policy_is_one_clear_error(tiny_shapes, tmp_path):
-    cfg = compose_config("train", _recipe(tiny_shapes, "model.nonfinite_loss=ignore"), tmp_path)
-    with pytest.raises(InstsegError, match="model.nonfinite_loss='ignore': expected one of"):
+    cfg = compose_config("train", _recipe(tiny_shapes, "runtime.nonfinite_loss=ignore"), tmp_path)
+    with pytest.raises(InstsegError, match="runtime.nonfinite_loss='ignore': expected one of"):
         train(cfg)
 
 
@@ -291,13 +291,15 @@ def test_resuming_with_another_model_config_lists_keys_and_weights(reference, ti
                                                                    tmp_path):
     cfg = compose_config("train", _recipe(
         tiny_shapes, f"ckpt_path={reference}", "model.net.box_head.representation_size=128",
-        "model.net.box_predictor.in_channels=128", "model.nonfinite_loss=skip"), tmp_path)
+        "model.net.box_predictor.in_channels=128", "runtime.nonfinite_loss=skip"), tmp_path)
     with pytest.raises(InstsegError) as error:
         train(cfg)
     message = str(error.value)
+    compared = len(_flatten_keys(_load(reference)["instseg"]["config"]["model"]["net"]))
     assert message.splitlines()[:6] == [
         f"{reference} does not fit this model:",
-        "  model config keys that differ (checkpoint -> now): 2",
+        f"  architecture keys that differ (checkpoint -> now; {compared} keys under model.net "
+        "compared): 2",
         "    model.net.box_head.representation_size: 256 -> 128",
         "    model.net.box_predictor.in_channels: 256 -> 128",  # not nonfinite_loss: how to
         "  weights of another shape (checkpoint -> model): 6",  # react, not what weights are
@@ -305,6 +307,37 @@ def test_resuming_with_another_model_config_lists_keys_and_weights(reference, ti
     ]
     assert "... and 1 more" in message and ".hydra/overrides.yaml" in message
     assert not (tmp_path / "checkpoints").exists()  # stopped before training
+
+
+def _flatten_keys(config, prefix: str = "") -> list[str]:
+    if not isinstance(config, dict):
+        return [prefix]
+    return [k for key, value in config.items() for k in _flatten_keys(value, f"{prefix}.{key}")]
+
+
+def test_resuming_with_other_run_options_optimizer_and_schedule_is_allowed(reference, tiny_shapes,
+                                                                          tmp_path, caplog):
+    """Run options (evaluation backend, NaN policy, optimizer kernel, allocator) and the
+    optimizer's settings are not the architecture: the resume goes ahead, says what it
+    compared, and warns that the checkpoint's optimizer state wins over a changed lr."""
+    cfg = compose_config("train", _recipe(
+        tiny_shapes, f"ckpt_path={reference}", "runtime.fused_optimizer=false",
+        "runtime.reuse_memory=false", "runtime.nonfinite_loss=skip", "eval.backend=pycocotools",
+        "model.optimizer.lr=0.5"), tmp_path)
+    with caplog.at_level("INFO", logger="instseg.pipeline"):
+        train(cfg)
+    compared = len(_flatten_keys(_load(reference)["instseg"]["config"]["model"]["net"]))
+    assert f"resuming {reference}: same architecture ({compared} keys under model.net" \
+        in caplog.text
+    assert "model.optimizer differs from the checkpoint's (model.optimizer.lr: " in caplog.text
+    assert f"Restored all states from the checkpoint at {reference}" in caplog.text
+
+
+def test_evaluating_with_other_run_options_is_allowed(reference, tmp_path):
+    metrics = evaluate(compose_config("evaluate", [
+        f"ckpt={reference}", "model=small_cpu", "model.net.min_size=96", "model.net.max_size=96",
+        "runtime.reuse_memory=false", "eval.backend=pycocotools"], tmp_path))
+    assert "val/segm_mAP" in metrics
 
 
 def test_evaluating_with_another_model_config_lists_keys(reference, tmp_path):

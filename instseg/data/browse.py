@@ -45,13 +45,13 @@ from rich.console import Console
 from rich.table import Table
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+from instseg.configs import CONFIG_PATH
 from instseg.data.check import dataset_split
 from instseg.data.coco import load_checked
 from instseg.data.images import UnreadableImage, read_rgb
 from instseg.data.validation import to_rle
 from instseg.demo.predictor import Instances
 from instseg.demo.render import category_color, draw_instances, label_font
-from instseg.pipeline import CONFIG_DIR
 from instseg.utils.errors import InstsegError, exit_on_user_error
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ def _image_table(coco: COCO, image_ids: list[int], pngs: list[Path],
     return table
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="browse")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="browse")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
         browse(cfg)

@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from instseg.configs import CONFIG_PATH
 from instseg.data.categories import CategoryMap
 from instseg.data.validation import ERROR, KINDS, SKIP, CheckedAnnotations, Problem, check_split
-from instseg.pipeline import CONFIG_DIR
 from instseg.utils.errors import InstsegError, exit_on_user_error
 
 
@@ -112,7 +112,7 @@ def exit_status(problems: list[Problem], strict: bool) -> int:
     return int(ERROR in severities or (strict and SKIP in severities))
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="check")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="check")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
         problems = check_dataset(cfg)

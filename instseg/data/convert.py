@@ -8,6 +8,11 @@ In:
              non-null group_id are one instance (several polygons); rectangles become 4-point
              polygons; other shape types (circle, line, point, mask, ...) are reported.
              Categories: `--labels FILE` (one name per line) or the sorted labels seen.
+             labelme's reserved labels are never classes, with or without `--labels`
+             (whose reserved lines, e.g. labels.txt's first two, `__ignore__` and
+             `_background_`, are dropped): a `__ignore__` shape (or group) is an ignore
+             region, see below; `_background_` (and the other NOT_CLASSES) shapes are
+             reported and skipped.
     voc      `--root` with SegmentationObject/*.png (instance index per pixel), SegmentationClass
              /*.png (class index per pixel), both palette PNGs read as indices (0 background,
              255 void: never part of a mask), and JPEGImages/*.jpg. An instance's class is the
@@ -21,11 +26,23 @@ In:
 
 Out (the same for all): images with ids 1..N in sorted `file_name` order (the path relative to
 the image folder), `width`/`height` from the image file's header (labelme: its json's size);
-annotations with ids 1..M, `iscrowd` 0, `area` and `bbox` of the instance's mask (pycocotools'
-area / toBbox of its RLE); `categories` in the names' order (else sorted) with ids 1..K (yolo
-with `--category-ids`: those). Segmentation: polygons [[x1, y1, ...], ...] rounded to 0.01 px
-(labelme, yolo: the mask is that of the rounded polygons) or a compressed RLE with `counts` a
-str (voc: pixel masks stay exact).
+annotations with ids 1..M, `iscrowd` 0 (labelme's ignore regions: 1, see below), `area` and
+`bbox` of the instance's mask (pycocotools' area / toBbox of its RLE); `categories` in the
+names' order (else sorted) with ids 1..K (yolo with `--category-ids`: those). Segmentation:
+polygons [[x1, y1, ...], ...] rounded to 0.01 px (labelme, yolo: the mask is that of the
+rounded polygons) or a compressed RLE with `counts` a str (voc: pixel masks stay exact).
+
+Ignore regions (labelme's `__ignore__`; labelme2voc.py gives it id -1, below `_background_`'s
+0): `iscrowd` 1, the segmentation a compressed RLE of the rounded polygons' mask (COCO's form
+for crowd regions), `area` and `bbox` of that mask, on their image, one such annotation for
+every category. Why every category: COCO has no category-less annotation, and pycocotools'
+COCOeval matches a crowd region only against detections of its own category, so one copy per
+category is what lets the region absorb a detection of any class, as "ignore" means. Training
+never uses crowd records as targets (instseg.data.coco); they stay in the evaluation ground
+truth, where ignored ground truth adds no positives: the copies change AP only by no longer
+counting detections inside the region as false positives. (labelme's own labelme2coco.py drops
+`__ignore__` shapes, so such detections count as false positives.) The summary counts the
+regions; with no category at all they are reported and dropped.
 
 Bad records (unreadable file, unknown label, polygon of < 3 points, class index out of range,
 instance without pixels, ...) are each reported with their file and skipped; `Converted.
@@ -60,6 +77,7 @@ VOC_CLASSES = (
 )
 # Lines of a names file that are not classes (labelme's and VOC label lists start with them).
 NOT_CLASSES = {"__ignore__", "_background_", "__background__", "background"}
+IGNORE = "__ignore__"  # labelme: a region left out of training and scoring (a crowd region)
 VOID = 255  # VOC's boundary / "difficult" index in both PNGs
 DECIMALS = 2  # polygon coordinates: 0.01 px, as in COCO's own files
 
@@ -82,12 +100,17 @@ class Converted:
 
     dataset: dict
     warnings: list[Reported]
+    ignore_regions: int = 0  # labelme `__ignore__` regions (each: one iscrowd per category)
 
     def summary(self) -> str:
         counts = Counter(w.kind for w in self.warnings)
         found = ", ".join(f"{n} x {kind}" for kind, n in counts.most_common()) or "none"
         d = self.dataset
-        return (f"{len(d['images'])} images, {len(d['annotations'])} instances, "
+        instances = sum(not a["iscrowd"] for a in d["annotations"])
+        crowd = len(d["annotations"]) - instances
+        ignored = (f", {self.ignore_regions} ignore regions ({crowd} iscrowd annotations: one "
+                   "per category)") if self.ignore_regions else ""
+        return (f"{len(d['images'])} images, {instances} instances{ignored}, "
                 f"{len(d['categories'])} categories; {len(self.warnings)} problems reported: "
                 f"{found}")
 
@@ -121,25 +144,44 @@ class _Builder:
         return self.images[file_name][2]
 
     def result(self, categories: Sequence[tuple[int, str]]) -> Converted:
+        """The json: images and annotations numbered in sorted file name order."""
         ids = {name: category_id for category_id, name in categories}
-        images, annotations = [], []
+        images, annotations, regions = [], [], 0
         for image_id, file_name in enumerate(sorted(self.images), start=1):
             width, height, instances = self.images[file_name]
             images.append({"id": image_id, "file_name": file_name, "width": width,
                            "height": height})
+            regions += self._count_regions(file_name, instances, ids)
             for instance in instances:
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                    "category_id": ids[instance["category"]],
-                                    "segmentation": instance["segmentation"],
-                                    "area": instance["area"], "bbox": instance["bbox"],
-                                    "iscrowd": 0})
+                for category_id in _category_ids(instance, ids):
+                    annotations.append({
+                        "id": len(annotations) + 1, "image_id": image_id,
+                        "category_id": category_id, "segmentation": instance["segmentation"],
+                        "area": instance["area"], "bbox": instance["bbox"],
+                        "iscrowd": instance.get("iscrowd", 0)})
         dataset = {
             "info": {"description": f"converted from {self.source_format} by "
                                     "instseg.data.convert"},
             "images": images, "annotations": annotations,
             "categories": [{"id": i, "name": name} for i, name in categories],
         }
-        return Converted(dataset, self.warnings)
+        return Converted(dataset, self.warnings, regions)
+
+    def _count_regions(self, file_name: str, instances: list[dict], ids: dict) -> int:
+        """The image's ignore regions that become annotations; without any category they
+        cannot (COCO needs a category_id): reported."""
+        regions = sum(1 for instance in instances if instance.get("iscrowd"))
+        if regions and not ids:
+            self.report(file_name, "ignore region dropped", f"{regions} ignore regions: no "
+                        "category to give them to (COCO needs a category_id): skipped")
+            return 0
+        return regions
+
+
+def _category_ids(instance: dict, ids: dict[str, int]) -> list[int]:
+    """An instance's category id; an ignore region's: every category's (see the module
+    docstring: pycocotools lets a crowd region ignore detections of its category only)."""
+    return list(ids.values()) if instance.get("iscrowd") else [ids[instance["category"]]]
 
 
 # ------------------------------------------------------------------------------ shared parts
@@ -204,9 +246,9 @@ def _checked_ids(ids: list[int], count: int, source: str) -> list[int]:
 
 
 def _names(value, drop: set[str] = frozenset()) -> list[str] | None:
-    """A names file's names, or the names given as a list (library use)."""
+    """A names file's names, or the names given as a list (library use); `drop` left out."""
     if value is None or isinstance(value, list | tuple):
-        return None if value is None else list(value)
+        return None if value is None else [name for name in value if name not in drop]
     return read_names(value, drop)
 
 
@@ -237,8 +279,12 @@ def _points(value, source: str) -> np.ndarray:
 def _polygon_instance(category: str, polygons: list[np.ndarray], width: int,
                       height: int) -> dict:
     """An instance of rounded polygons; area and bbox of their mask; Skip when it is empty."""
-    segmentation = [np.round(p, DECIMALS).ravel().tolist() for p in polygons]
+    segmentation = _rounded(polygons)
     return _instance(category, segmentation, to_rle(segmentation, height, width))
+
+
+def _rounded(polygons: list[np.ndarray]) -> list[list[float]]:
+    return [np.round(p, DECIMALS).ravel().tolist() for p in polygons]
 
 
 def _instance(category: str, segmentation, rle: dict) -> dict:
@@ -251,9 +297,9 @@ def _instance(category: str, segmentation, rle: dict) -> dict:
 
 def _categories(names: list[str] | None, builder: _Builder,
                 ids: list[int] | None = None) -> list[tuple[int, str]]:
-    if names is None:  # the labels seen, sorted
+    if names is None:  # the labels seen, sorted (an ignore region's label is no class)
         names = sorted({i["category"] for _, _, instances in builder.images.values()
-                        for i in instances})
+                        for i in instances if not i.get("iscrowd")})
     return list(zip(ids or range(1, len(names) + 1), names, strict=True))
 
 
@@ -263,7 +309,9 @@ SUPPORTED_SHAPES = ("polygon", "rectangle")
 
 def convert_labelme(folder, images=None, labels=None) -> Converted:
     """A folder of labelme json files (see the module docstring); `images`: the image folder
-    that file names are relative to (default `folder`); `labels`: a names file or list."""
+    that file names are relative to (default `folder`); `labels`: a names file or list, its
+    reserved names (NOT_CLASSES) left out. `__ignore__` shapes become iscrowd=1 annotations
+    of every category; shapes of the other reserved labels are reported and skipped."""
     folder = _folder(folder, "labelme")
     image_dir = _folder(images, "image") if images is not None else folder
     names = _names(labels, NOT_CLASSES)
@@ -365,16 +413,32 @@ def _labelme_shape(shape, where: str) -> tuple[str, np.ndarray]:
 
 def _labelme_instance(key: tuple, members: list[tuple[str, np.ndarray]],
                       names: list[str] | None, width: int, height: int) -> dict:
+    """One group's (or ungrouped shape's) instance, or ignore region for `__ignore__`; Skip
+    for mixed, reserved (background) or unknown labels and for shapes without pixels."""
     labels = sorted({label for label, _ in members})
     what = f"group {key[1]}" if key[0] == "group" else f"shape {key[1]}"
     if len(labels) > 1:
         raise Skip("mixed labels", f"{what} has labels {labels}: skipped")
-    if names is not None and labels[0] not in names:
-        raise Skip("unknown label", f"{what}: {labels[0]!r} is not in the labels file: skipped")
+    label, polygons = labels[0], [p for _, p in members]
+    if label in NOT_CLASSES - {IGNORE}:
+        raise Skip("background label", f"{what}: {label!r} is a reserved label (background), "
+                   "not an object: skipped")
+    if label != IGNORE and names is not None and label not in names:
+        raise Skip("unknown label", f"{what}: {label!r} is not in the labels file: skipped")
     try:
-        return _polygon_instance(labels[0], [p for _, p in members], width, height)
+        if label == IGNORE:
+            return _ignore_region(polygons, width, height)
+        return _polygon_instance(label, polygons, width, height)
     except Skip as skip:
         raise Skip(skip.kind, f"{what}: {skip.detail}") from None
+
+
+def _ignore_region(polygons: list[np.ndarray], width: int, height: int) -> dict:
+    """A crowd instance: the compressed RLE (counts a str) of the rounded polygons' mask,
+    COCO's form for iscrowd=1; Skip when it covers no pixel."""
+    rle = to_rle(_rounded(polygons), height, width)
+    rle = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}  # json: a str
+    return {**_instance(IGNORE, rle, rle), "iscrowd": 1}
 
 
 # ---------------------------------------------------------------------------------------- voc
@@ -555,8 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     labelme.add_argument("folder", help="the labelme json files")
     labelme.add_argument("--images", help="image folder; file names are relative to it "
                          "(default: the labelme folder)")
-    labelme.add_argument("--labels", help="class names, one per line (default: the labels "
-                         "seen, sorted)")
+    labelme.add_argument("--labels", help="class names, one per line; lines __ignore__ and "
+                         "_background_ are not classes (default: the labels seen, sorted)")
     labelme.set_defaults(run=lambda a: convert_labelme(a.folder, a.images, a.labels))
     voc = formats.add_parser("voc", help="SegmentationObject + SegmentationClass PNGs")
     voc.add_argument("--root", required=True, help="folder with SegmentationObject/, "

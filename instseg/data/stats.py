@@ -44,10 +44,10 @@ from pycocotools.coco import COCO
 from rich.console import Console
 from rich.table import Table
 
+from instseg.configs import CONFIG_PATH
 from instseg.data.check import dataset_split
 from instseg.data.coco import load_checked
 from instseg.data.images import UnreadableImage, read_header
-from instseg.pipeline import CONFIG_DIR
 from instseg.utils.errors import exit_on_user_error
 
 matplotlib.use("Agg")  # headless: plots go to files
@@ -353,7 +353,7 @@ def dataset_stats(cfg: DictConfig) -> dict:
     return stats
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="stats")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="stats")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
         dataset_stats(cfg)

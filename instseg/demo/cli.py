@@ -3,10 +3,10 @@
 import hydra
 from omegaconf import DictConfig
 
-from instseg.pipeline import CONFIG_DIR, demo, run_cli
+from instseg.configs import CONFIG_PATH
+from instseg.pipeline import demo, run_cli
 
 
-# An absolute path: as a console script Hydra would look for "conf" as a Python package.
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="demo")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="demo")
 def main(cfg: DictConfig) -> None:
     run_cli(demo, cfg)

@@ -20,6 +20,7 @@ the 12 standard stats, with pycocotools or faster-coco-eval (same numbers, faste
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 
@@ -31,6 +32,7 @@ from instseg.data.categories import CategoryMap
 from instseg.evaluation.cocoeval import backend_ground_truth, run_cocoeval
 from instseg.evaluation.detections import ImageDetections, write_results
 
+log = logging.getLogger(__name__)
 IOU_TYPES = ("bbox", "segm")
 STAT_NAMES = (
     "mAP", "mAP50", "mAP75", "mAP_s", "mAP_m", "mAP_l",
@@ -151,8 +153,19 @@ class CocoEvaluator:
         return metrics, category_ap, pr_curves
 
     def write_results(self, path) -> int:
-        """Every rank's detections (after evaluate) as a COCO results json; returns the count."""
-        return write_results(path, self.results)
+        """Every rank's detections (after evaluate) as a COCO results json; returns the count.
+
+        Only detections of the ground truth's categories are written (the file must score
+        against it): torchvision's COCO weights also have outputs for the ids COCO left
+        unused ("N/A"), which no evaluation counts; those are left out, counted and logged."""
+        categories = set(self.coco_gt.getCatIds())
+        written = write_results(path, self.results, categories)
+        left_out = sum(len(d) for d in self.results) - written
+        if left_out:
+            log.warning("%s: %d detections of labels that are no category of the ground truth "
+                        "(e.g. torchvision's 'N/A' outputs) left out; they score nothing",
+                        path, left_out)
+        return written
 
     def _gather(self) -> tuple[list[int], list[ImageDetections]]:
         if not dist.is_initialized():

@@ -140,13 +140,15 @@ def records_of(
     return records
 
 
-def write_results(path: Path, detections: Iterable[ImageDetections]) -> int:
-    """Write a COCO results json (a list of records), one image at a time; returns the count."""
+def write_results(path: Path, detections: Iterable[ImageDetections],
+                  categories: set[int] | None = None) -> int:
+    """Write a COCO results json (a list of records), one image at a time, of `categories`
+    only if given; returns the count written."""
     count = 0
     with open(path, "w") as file:
         file.write("[")
         for image in detections:
-            for record in image.records():
+            for record in image.records(categories):
                 file.write(("," if count else "") + json.dumps(record))
                 count += 1
         file.write("]")

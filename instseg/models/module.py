@@ -46,7 +46,10 @@ class MaskRCNNModule(pl.LightningModule):
     `nonfinite_loss`: stop | skip, what a step with a NaN/Inf loss does. `reuse_memory`:
     on CPU, keep freed memory in the process for the next step (a process-wide setting; fit
     makes it here, evaluate.py passes it to optimize_for_inference). `fused_optimizer`: use
-    the optimizer's fused kernel where torch has one (see the module docstring)."""
+    the optimizer's fused kernel where torch has one (see the module docstring).
+    `eval_backend`, `nonfinite_loss`, `reuse_memory` and `fused_optimizer` are run options
+    that the task passes in (conf/train.yaml: runtime, eval); they are not the model's config.
+    """
 
     def __init__(
         self,

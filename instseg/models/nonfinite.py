@@ -1,4 +1,4 @@
-"""What a training step does with a non-finite (NaN or Inf) loss: `model.nonfinite_loss`.
+"""What a training step does with a non-finite (NaN or Inf) loss: `runtime.nonfinite_loss`.
 
 The loss terms are checked after the forward pass, before backward (one device sync per step;
 under DDP the verdict is all-reduced, so every rank acts at the same step).
@@ -40,7 +40,7 @@ class NonFiniteLossError(InstsegError):
 class NonFiniteGuard:
     def __init__(self, policy: str = "stop") -> None:
         if policy not in POLICIES:
-            raise InstsegError(f"model.nonfinite_loss={policy!r}: expected one of {POLICIES}")
+            raise InstsegError(f"runtime.nonfinite_loss={policy!r}: expected one of {POLICIES}")
         self.policy = policy
         self.skipped = 0  # steps skipped in this run (restored on resume)
         self._buffers: list[torch.Tensor] = []
@@ -63,7 +63,7 @@ class NonFiniteGuard:
             raise NonFiniteLossError(
                 f"non-finite loss at {where}. Stopped before this step's update: "
                 f"{_newest_checkpoint(module.trainer)}. To go on: resume from it with "
-                "model.nonfinite_loss=skip (such steps are skipped), or train from its weights "
+                "runtime.nonfinite_loss=skip (such steps are skipped), or train from its weights "
                 "with a lower learning rate (model.weights=PATH model.optimizer.lr=...)."
             )
         for saved, buffer in zip(self._buffers, module.net.buffers(), strict=True):

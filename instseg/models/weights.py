@@ -79,9 +79,11 @@ def load_pretrained(net: nn.Module, state: dict[str, torch.Tensor], source: str)
         k for k in state
         if k in own and k.startswith(CLASS_DEPENDENT_PREFIXES) and state[k].shape != own[k].shape
     ]
-    # FrozenBatchNorm2d has no num_batches_tracked; BatchNorm2d starts it at 0 either way.
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
+    # BatchNorm's num_batches_tracked is a counter, not a weight: files saved from BatchNorm2d
+    # hold it, FrozenBatchNorm2d has none, and BatchNorm2d starts it at 0 either way.
+    counters = {k for k in state.keys() | own.keys() if k.endswith("num_batches_tracked")}
+    missing = [k for k in own if k not in state and k not in counters]
+    unexpected = [k for k in state if k not in own and k not in counters]
     mismatched = [
         f"{k}: {tuple(state[k].shape)} in {source}, {tuple(own[k].shape)} in the model"
         for k in state if k in own and k not in skipped and state[k].shape != own[k].shape
@@ -91,7 +93,8 @@ def load_pretrained(net: nn.Module, state: dict[str, torch.Tensor], source: str)
     if any(keys for _, keys in problems):
         lines = [f"  {what}: {', '.join(keys)}" for what, keys in problems if keys]
         raise InstsegError(f"{source} does not fit the model:\n" + "\n".join(lines))
-    net.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    net.load_state_dict({k: v for k, v in state.items() if k not in skipped and k in own},
+                        strict=False)
     if skipped:
         log.info("loaded %s; re-initialised for the new number of classes: %s",
                  source, ", ".join(skipped))

@@ -6,29 +6,25 @@ parameter count, the weights torchvision publishes for it and their COCO val2017
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from torchvision.models import get_model_weights, get_weight
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+from instseg import configs
 
 
 def model_rows() -> list[dict[str, str]]:
     from instseg.pipeline import instantiate_module
 
     rows = []
-    for path in sorted((CONFIG_DIR / "model").glob("*.yaml")):
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            cfg = compose("train", overrides=[f"model={path.stem}"])
+    for model in configs.options("model"):
+        cfg = configs.compose("train", [f"model={model}"])
         with open_dict(cfg):
             cfg.num_classes = 91
         net = instantiate_module(cfg).net
         backbone = cfg.model.net.backbone
         imagenet = [w.name for w in get_model_weights(backbone.arch)]
         row = {
-            "model": f"`model={path.stem}`",
+            "model": f"`model={model}`",
             "backbone": f"{backbone.arch}, {backbone.get('out_channels', 256)}-ch FPN",
             "parameters": f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M",
             "weights": "ImageNet body: " + ", ".join(imagenet),

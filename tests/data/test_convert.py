@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from instseg.data.convert import convert_labelme, convert_voc, convert_yolo, main
 from instseg.data.validation import check_annotations, to_rle
@@ -25,8 +26,10 @@ from instseg.utils.errors import InstsegError
 from tests.conftest import ROOT, compose_config, shared_data
 
 
-def assert_valid_coco(dataset: dict, image_dir: Path, tmp_path: Path) -> COCO:
-    """Checker: no errors, no skipped annotation; pycocotools loads it; ids numbered 1..N."""
+def assert_valid_coco(dataset: dict, image_dir: Path, tmp_path: Path,
+                      crowd: bool = False) -> COCO:
+    """Checker: no errors, no skipped annotation; pycocotools loads it; ids numbered 1..N;
+    iscrowd 0 (`crowd`: 0 or 1)."""
     checked = check_annotations(dataset, "converted.json", image_dir)
     assert not checked.errors, [str(p) for p in checked.errors]
     assert all(p.kind == "no annotations" for p in checked.problems), checked.problems
@@ -38,7 +41,8 @@ def assert_valid_coco(dataset: dict, image_dir: Path, tmp_path: Path) -> COCO:
     for ann in dataset["annotations"]:
         image = dataset["images"][ann["image_id"] - 1]
         rle = to_rle(ann["segmentation"], image["height"], image["width"])
-        assert ann["area"] == mask_utils.area(rle) > 0 and ann["iscrowd"] == 0
+        assert ann["area"] == mask_utils.area(rle) > 0
+        assert ann["iscrowd"] in ((0, 1) if crowd else (0,))
         assert ann["bbox"] == mask_utils.toBbox(rle).tolist()
     path = tmp_path / "converted.json"
     path.write_text(json.dumps(dataset))
@@ -298,6 +302,104 @@ def test_labelme_labels_file_orders_categories_and_reports_unknown_labels(labelm
     assert len(unknown) == 1 and "b.json" in unknown[0].source and "'person'" in str(unknown[0])
     with pytest.raises(InstsegError, match="labelme folder not found"):
         convert_labelme(tmp_path / "nowhere")
+
+
+@pytest.fixture
+def labelme_example(tmp_path) -> tuple[Path, Path]:
+    """(folder, labels.txt) laid out as labelme's examples/instance_segmentation: json files
+    next to their jpgs (imagePath the bare name), `__ignore__` regions among the objects, a
+    `_background_` shape, and labels.txt starting with `__ignore__` and `_background_`."""
+    folder = tmp_path / "data_annotated"
+    folder.mkdir()
+    Image.new("RGB", (100, 80)).save(folder / "2011_000003.jpg")
+    Image.new("RGB", (60, 40)).save(folder / "2011_000025.jpg")
+    _labelme(folder / "2011_000003.json", "2011_000003.jpg", (100, 80), [
+        _shape("person", [[10, 10], [40, 10], [40, 60], [10, 60]]),
+        _shape("person", [[50, 10], [70, 10], [70, 30]], group_id=0),
+        _shape("person", [[50, 40], [70, 40], [70, 60]], group_id=0),
+        _shape("bottle", [[80, 5], [90, 25]], shape_type="rectangle"),
+        _shape("__ignore__", [[5, 65], [95, 65], [95, 78], [5, 78]]),
+    ])
+    _labelme(folder / "2011_000025.json", "2011_000025.jpg", (60, 40), [
+        _shape("bottle", [[5, 5], [20, 5], [20, 30], [5, 30]]),
+        _shape("__ignore__", [[45, 2], [30, 12]], shape_type="rectangle"),
+        _shape("__ignore__", [[30, 20], [40, 20], [40, 30], [30, 30]], group_id=4),
+        _shape("__ignore__", [[45, 20], [55, 20], [55, 30], [45, 30]], group_id=4),
+        _shape("_background_", [[0, 0], [60, 0], [60, 40], [0, 40]]),
+    ])
+    labels = tmp_path / "labels.txt"
+    labels.write_text("__ignore__\n_background_\nperson\nbottle\nchair\n")
+    return folder, labels
+
+
+# Ignore regions of the example: (image id, polygons, area, bbox).
+IGNORE_REGIONS = [
+    (1, [[5, 65, 95, 65, 95, 78, 5, 78]], 1170, [5, 65, 90, 13]),
+    (2, [[30, 2, 45, 2, 45, 12, 30, 12]], 150, [30, 2, 15, 10]),
+    (2, [[30, 20, 40, 20, 40, 30, 30, 30], [45, 20, 55, 20, 55, 30, 45, 30]], 200,
+     [30, 20, 25, 10]),
+]
+
+
+def test_labelme_reserved_labels_ignore_regions_are_crowd_not_categories(
+        labelme_example, tmp_path, capsys):
+    folder, labels = labelme_example
+    for extra, names in (([], ["bottle", "person"]),
+                         (["--labels", str(labels)], ["person", "bottle", "chair"])):
+        output = tmp_path / "out.json"
+        assert main(["labelme", str(folder), *extra, "-o", str(output)]) == 0
+        printed = capsys.readouterr()
+        dataset = json.loads(output.read_text())
+        coco = assert_valid_coco(dataset, folder, tmp_path, crowd=True)
+        assert [c["name"] for c in dataset["categories"]] == names
+        category_ids = [c["id"] for c in dataset["categories"]]
+        crowd = [a for a in dataset["annotations"] if a["iscrowd"]]
+        assert len(crowd) == len(IGNORE_REGIONS) * len(names)
+        for k, (image_id, polygons, area, bbox) in enumerate(IGNORE_REGIONS):
+            copies = crowd[k * len(names):(k + 1) * len(names)]  # the region, every category
+            assert [a["category_id"] for a in copies] == category_ids
+            for ann in copies:
+                assert ann["image_id"] == image_id and isinstance(ann["segmentation"], dict)
+                assert (ann["area"], ann["bbox"]) == (area, bbox)
+                expected = to_rle(polygons, *ann["segmentation"]["size"])
+                assert np.array_equal(mask_utils.decode(ann["segmentation"]),
+                                      mask_utils.decode(expected))
+        assert sorted(coco.getAnnIds(iscrowd=False)) == [1, 2, 3, 4 + len(names)]
+        # The only warning: the _background_ shape; nothing said missing from labels.txt.
+        assert printed.err == (f"warning: {folder / '2011_000025.json'}: background label: "
+                               "shape 4: '_background_' is a reserved label (background), "
+                               "not an object: skipped\n")
+        assert printed.out == (
+            f"{output}: 2 images, 4 instances, 3 ignore regions ({3 * len(names)} iscrowd "
+            f"annotations: one per category), {len(names)} categories; 1 problems reported: "
+            "1 x background label\n")
+    listed = convert_labelme(folder, labels=["__ignore__", "_background_", "person", "bottle",
+                                             "chair"])
+    assert listed.dataset == dataset  # a list of names drops the reserved ones too
+
+
+def test_labelme_ignore_regions_absorb_detections_of_every_category(labelme_example,
+                                                                    tmp_path):
+    """COCOeval: perfect detections plus a 'person' and a 'bottle' detection inside an
+    ignore region score AP 1: the region ignores both classes, not only one."""
+    folder, labels = labelme_example
+    dataset = convert_labelme(folder, labels=labels).dataset
+    coco = assert_valid_coco(dataset, folder, tmp_path, crowd=True)
+    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.5,
+                   "segmentation": to_rle(a["segmentation"], 80 if a["image_id"] == 1 else 40,
+                                          100 if a["image_id"] == 1 else 60)}
+                  for a in dataset["annotations"] if not a["iscrowd"]]
+    inside = np.zeros((80, 100), np.uint8)
+    inside[66:76, 10:30] = 1  # within image 1's ignore region (rows 65..77, columns 5..94)
+    for category_id in (1, 2):  # person, bottle
+        detections.append({"image_id": 1, "category_id": category_id, "score": 0.9,
+                           "segmentation": mask_utils.encode(np.asfortranarray(inside))})
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(coco, coco.loadRes(detections), "segm")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    assert evaluator.stats[0] == pytest.approx(1.0)
 
 
 # -------------------------------------------------------------------------------- training

@@ -1,7 +1,7 @@
 """instseg.models.module: on CPU, fit makes glibc's keep-freed-memory setting
-(instseg.utils.memory) unless model.reuse_memory=false. The setting's effect on page faults
+(instseg.utils.memory) unless runtime.reuse_memory=false. The setting's effect on page faults
 is tested in tests/utils/test_memory.py; here, that fit asks for it, and only when told.
-Fit builds the fused optimizer unless model.fused_optimizer=false or gradients are clipped
+Fit builds the fused optimizer unless runtime.fused_optimizer=false or gradients are clipped
 under mixed precision, and frees the gradients before the forward pass that starts an
 accumulation."""
 
@@ -36,7 +36,7 @@ def fit(tiny_shapes, tmp_path, overrides: list[str], callback: type | None = Non
 @pytest.mark.parametrize("reuse", [True, False])
 def test_cpu_fit_asks_for_the_allocator_setting_as_configured(reuse, tiny_shapes, tmp_path):
     reuse_freed_memory.cache_clear()  # forget earlier calls in this process (idempotent)
-    fit(tiny_shapes, tmp_path, [f"model.reuse_memory={reuse}"])
+    fit(tiny_shapes, tmp_path, [f"runtime.reuse_memory={reuse}"])
     assert reuse_freed_memory.cache_info().currsize == int(reuse)
 
 
@@ -57,7 +57,7 @@ def fitted_optimizer(tiny_shapes, tmp_path, overrides: list[str], plugins: list 
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_fit_uses_the_fused_optimizer_as_configured(fused, tiny_shapes, tmp_path):
-    optimizer = fitted_optimizer(tiny_shapes, tmp_path, [f"model.fused_optimizer={fused}"])
+    optimizer = fitted_optimizer(tiny_shapes, tmp_path, [f"runtime.fused_optimizer={fused}"])
     assert isinstance(optimizer, torch.optim.AdamW)
     assert bool(optimizer.defaults["fused"]) is fused
 
