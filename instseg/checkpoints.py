@@ -127,7 +127,7 @@ class PeriodicCheckpoint(ModelCheckpoint):
         # every rank: saving is collective.
         if self._last_global_step_saved != trainer.global_step:
             self.last_model_path = path  # part of the state saved
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=self.save_weights_only)
             self._last_global_step_saved = trainer.global_step
         return path
 

@@ -53,6 +53,7 @@ from instseg.models.weights import (
 from instseg.utils import resolvers  # noqa: F401  (registers ${cwd:} for conf/paths)
 from instseg.utils.environment import restore_rng_states, rng_states, write_environment
 from instseg.utils.errors import InstsegError, exit_on_user_error
+from instseg.utils.logs import quiet_lightning_tips
 from instseg.utils.sweeps import ddp_children_run_this_job
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class RecordRun(pl.Callback):
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model on the data of `cfg`; return the final logged metrics."""
+    quiet_lightning_tips()
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -245,6 +247,7 @@ def _pretrained(model_cfg: DictConfig) -> tuple[dict | None, str, CategoryMap | 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """COCO-evaluate checkpoint `cfg.ckpt` on its recorded validation data (or `cfg.data`),
     or, without a checkpoint, `cfg.model` (with `model.weights`) on `cfg.data`."""
+    quiet_lightning_tips()
     if cfg.get("predictions"):
         return _score_predictions(cfg)
     record: dict = {}
