@@ -72,6 +72,8 @@ class CocoDataModule(pl.LightningDataModule):
         self.label_space: CategoryMap | None = None
         self.train_set: CocoInstances | None = None
         self.val_set: CocoInstances | None = None
+        self._train_seed: int | None = None
+        self._resume_from: dict | None = None  # a checkpoint's train position (load_state_dict)
 
     def prepare_data(self) -> None:
         """Fail early, naming every missing path and what belongs there."""
@@ -144,23 +146,51 @@ class CocoDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Random order and augmentation that are functions of (seed, epoch) and resumable
-        mid-epoch (instseg.data.samplers); batches grouped by aspect ratio if asked."""
-        seed = torch.initial_seed() % 2**63  # seed_everything's, or a random 64-bit one
+        mid-epoch (instseg.data.samplers); batches grouped by aspect ratio if asked. After
+        load_state_dict, the first loader built continues the checkpoint's epoch where it
+        stopped, with the checkpoint's seed."""
+        resume, self._resume_from = self._resume_from or {}, None
+        # seed_everything's, or a random 64-bit one; a resumed run's is the checkpoint's
+        seed = resume.get("seed", torch.initial_seed() % 2**63)
+        self._train_seed = seed
         sampler = EpochSampler(len(self.train_set), seed=seed)
+        start = resume.get("train_position")
         if self.group_aspect_ratio:
             infos = [self.train_set.coco.imgs[i] for i in self.train_set.image_ids]
-            batches = GroupedBatchSampler(sampler, aspect_ratio_groups(infos), self.batch_size)
+            batches = GroupedBatchSampler(sampler, aspect_ratio_groups(infos), self.batch_size,
+                                          start=start)
         else:
-            batches = ResumableBatchSampler(sampler, self.batch_size, drop_last=False)
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress if self.trainer else None
+            batches = ResumableBatchSampler(sampler, self.batch_size, drop_last=False,
+                                            start=start)
         return ResumableDataLoader(
             self.train_set, batch_sampler=batches, num_workers=self.num_workers,
             collate_fn=collate, pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             # a generator of its own: creating an iterator draws no number from the global RNG
             generator=torch.Generator().manual_seed(seed),
-            batches_done=(lambda: progress.current.processed) if progress else None,
+            progress=self._train_progress if self.trainer else None,
         )
+
+    def _train_progress(self) -> tuple[int, int]:
+        """(batches of the current epoch trained on, batches in an epoch), the trainer's."""
+        batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return batches, self.trainer.num_training_batches
+
+    def state_dict(self) -> dict:
+        """The train loader's seed and position (epoch, batches trained on), saved in every
+        checkpoint of fit. Lightning saves the loader's position too, but restores it only
+        into a loader built after the restore: when the loader was built earlier, as it is
+        when configure_optimizers reads trainer.estimated_stepping_batches with max_epochs
+        set (Lightning issue 20550), the saved position is dropped and the resumed run would
+        train the epoch's first batches again. The datamodule is restored before any loader
+        is built (Trainer._run: restore_datamodule precedes strategy.setup)."""
+        loader = self.trainer.train_dataloader if self.trainer is not None else None
+        if self._train_seed is None or not isinstance(loader, ResumableDataLoader):
+            return {}
+        return {"seed": self._train_seed, "train_position": loader.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_from = dict(state) if state else None
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.val_batch_size, shuffle=False)
@@ -170,6 +200,11 @@ class CocoDataModule(pl.LightningDataModule):
             dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
             collate_fn=collate, pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            # Creating an iterator draws a worker seed from this generator, or else from the
+            # global RNG: with persistent workers a resumed run (no sanity check) would create
+            # it at its first validation, which the run it continues did under the sanity
+            # check (whose draws Lightning undoes), and the model's sampling would differ.
+            generator=torch.Generator().manual_seed(0),
         )
 
 

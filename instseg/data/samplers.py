@@ -9,10 +9,13 @@ arrival order: every index of the sampler's partition exactly once per epoch (un
 torchvision's reference sampler, which repeats indices to fill the last batches).
 
 Exact resume (single process): `EpochSampler` orders an epoch by (seed, epoch) alone and lets
-the dataset seed each sample's augmentation; `ResumableBatchSampler` starts an epoch after the
-batches already trained on, which `ResumableDataLoader` takes from and gives to Lightning's
-checkpoints. Under DDP Lightning substitutes its DistributedSampler (same order for a given
-seed and epoch, augmentation from the global RNG).
+the dataset seed each sample's augmentation; `ResumableBatchSampler` can start its next
+iteration at a saved position (the epoch, and the batches of it already trained on, which are
+not loaded). `ResumableDataLoader` reports that position to Lightning's checkpoints and takes
+it back from them; the datamodule keeps a copy in its own state too (see
+CocoDataModule.state_dict: Lightning drops the loader's when the loader was built before the
+restore). Under DDP Lightning substitutes its DistributedSampler (same order for a given seed
+and epoch, augmentation from the global RNG).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
@@ -49,17 +52,50 @@ class EpochSampler(Sampler):
 
 
 class ResumableBatchSampler(BatchSampler):
-    """A BatchSampler whose next epoch can start after `skip_batches` batches (set from a
-    checkpoint by ResumableDataLoader), without loading the skipped ones."""
+    """A BatchSampler whose iteration can start at `start` = {"epoch": e, "batches_done": n}
+    (from a checkpoint): the sampler's epoch e, after its first n batches, which are not
+    loaded. `start` is an __init__ argument so that it survives Lightning re-instantiating the
+    batch sampler (to inject a DistributedSampler).
 
-    skip_batches = 0
+    `start` holds for every iteration created until one of them is asked for a batch: a
+    DataLoader with workers iterates its batch sampler twice when it creates its iterator
+    (_BaseDataLoaderIter.__init__, then _reset) and draws only from the second; the next
+    epoch's iteration starts from the beginning again.
+
+    The sampler's iterator is created with the iteration (EpochSampler and DistributedSampler
+    draw their order then), not at its first batch (which a DataLoader without workers asks
+    for later), so that the epoch set here or by Lightning's set_epoch before iter() is the one
+    used, whatever the number of workers."""
+
+    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool,
+                 start: dict | None = None) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.start = dict(start) if start else None
+
+    def resume_at(self, start: dict | None) -> None:
+        """Make the next iteration start at `start` (see the class)."""
+        self.start = dict(start) if start else None
 
     def __iter__(self) -> Iterator[list]:
-        skip, self.skip_batches = self.skip_batches, 0
-        return itertools.islice(self._batches(), skip, None)
+        start = self.start or {}
+        if start.get("epoch") is not None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(start["epoch"])
+        batches = self._batches(iter(self.sampler))
+        return self._started(itertools.islice(batches, start.get("batches_done", 0), None))
 
-    def _batches(self) -> Iterator[list]:
-        return super().__iter__()
+    def _started(self, batches: Iterator[list]) -> Iterator[list]:
+        self.start = None  # runs at the first batch asked for
+        yield from batches
+
+    def _batches(self, indices: Iterator) -> Iterator[list]:
+        batch: list = []
+        for index in indices:
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch and not self.drop_last:
+            yield batch
 
 
 def _index(key) -> int:
@@ -67,14 +103,15 @@ def _index(key) -> int:
 
 
 class GroupedBatchSampler(ResumableBatchSampler):
-    def __init__(self, sampler: Sampler, group_ids: Sequence[int], batch_size: int) -> None:
-        super().__init__(sampler, batch_size, drop_last=False)
+    def __init__(self, sampler: Sampler, group_ids: Sequence[int], batch_size: int,
+                 start: dict | None = None) -> None:
+        super().__init__(sampler, batch_size, drop_last=False, start=start)
         self.group_ids = list(group_ids)
 
-    def _batches(self) -> Iterator[list]:
+    def _batches(self, indices: Iterator) -> Iterator[list]:
         waiting: dict[int, list] = {}
         arrival: dict = {}
-        for position, index in enumerate(self.sampler):
+        for position, index in enumerate(indices):
             arrival[index] = position
             group = waiting.setdefault(self.group_ids[_index(index)], [])
             group.append(index)
@@ -100,16 +137,26 @@ def aspect_ratio_groups(image_infos: Sequence[dict]) -> list[int]:
 
 class ResumableDataLoader(DataLoader):
     """A DataLoader that Lightning saves and restores mid-epoch (it has state_dict and
-    load_state_dict): the state is how many batches of the epoch were trained on, read from
-    `batches_done` (the trainer's progress); restoring makes the next epoch's iteration start
-    after them. The batch sampler must be a ResumableBatchSampler."""
+    load_state_dict): the state is where the next batch comes from, the sampler's epoch and how
+    many batches of it were trained on, read from `progress` (the trainer's: () -> (batches of
+    this epoch trained on, batches in the epoch)); after an epoch's last batch, the next
+    epoch's start. Restoring makes the next iteration start there. The batch sampler must be a
+    ResumableBatchSampler."""
 
-    def __init__(self, *args, batches_done=None, **kwargs) -> None:
+    def __init__(self, *args, progress: Callable[[], tuple[int, int]] | None = None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.batches_done = batches_done
+        self.progress = progress
 
     def state_dict(self) -> dict:
-        return {"batches_done": int(self.batches_done()) if self.batches_done else 0}
+        epoch = getattr(self.batch_sampler.sampler, "epoch", None)
+        done, total = self.progress() if self.progress else (0, len(self))
+        if done >= total:
+            # Lightning resumes from a checkpoint of an epoch's last batch (or its end) in the
+            # next epoch, with the iterator it creates before the restore.
+            epoch, done = (None if epoch is None else epoch + 1), 0
+        return {"epoch": epoch, "batches_done": int(done)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.batch_sampler.skip_batches = state["batches_done"]
+        """Idempotent: the datamodule may have set the same position already."""
+        self.batch_sampler.resume_at(state)
