@@ -3,8 +3,9 @@
 import hydra
 from omegaconf import DictConfig
 
+from instseg.cli import run_cli
 from instseg.configs import CONFIG_PATH
-from instseg.pipeline import run_cli, train
+from instseg.tasks.train import train
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

@@ -59,8 +59,8 @@ from omegaconf import DictConfig
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 
-from instseg.models.inference import predict_unpasted
-from instseg.pipeline import build_module
+from instseg.models.forward import predict_unpasted
+from instseg.tasks.common import build_module
 
 COCO128 = SHARED_DATA / "coco128-seg"
 LOADER_WARMUP, STEP_WARMUP = 3, 2

@@ -3,13 +3,13 @@
     python benchmarks/bench_gpu_train.py [--model r50_fpn] [--steps 60] [--batch-sizes 2 4 8]
         [--image-size 640] [--precisions 32-true 16-mixed ...] [--eval-images 200]
 
-For each precision and batch size it runs `instseg.pipeline.train` (the Hydra config,
+For each precision and batch size it runs `instseg.tasks.train.train` (the Hydra config,
 ShapesDataModule, Mask R-CNN, SGD with warm-up, gradient clipping, checkpointing, validation
 through CocoEvaluator) for `--steps` steps on generated shapes images (resized to the model's
 800 px), with Lightning's ThroughputMonitor, and prints in one table: images/s over the last
 20 steps (warm-up excluded), the ratio to fp32 at the same batch size, peak GPU memory, the
 last training loss and the validation segm mAP. Then evaluate.py's path
-(`instseg.pipeline.evaluate` on the last checkpoint) over --eval-images images, as end-to-end
+(`instseg.tasks.evaluate.evaluate` on the last checkpoint) over --eval-images images, as end-to-end
 images/s. Checks (exit status 1 when one fails): CUDA is there, every loss is finite,
 validation produced a segm mAP, and a 16-mixed run checkpointed native AMP's GradScaler state
 (so mixed precision really ran; there is no apex). `--cpu-dry-run` runs it all on a CPU.
@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 from _common import compose_config
 
-from instseg.pipeline import evaluate, train
+from instseg.tasks.evaluate import evaluate
+from instseg.tasks.train import train
 
 WINDOW = 20  # conf/callbacks/throughput_monitor.yaml
 RATE = "train/device/samples_per_sec"  # images/s of one device over the window

@@ -9,7 +9,7 @@ same CPU, in one run, with the outputs compared.
 plain:  `net.eval()`, `with torch.no_grad(): net([image])` (torchvision pastes every mask at
         full resolution as float), in a Python process of its own, as a user runs it.
 ours:   `Predictor(net, ..., score_threshold=0).predict([image])` in a process of its own:
-        instseg.models.inference.optimize_for_inference (BatchNorm folded, Winograd 3x3
+        instseg.inference.optimize.optimize_for_inference (BatchNorm folded, Winograd 3x3
         convolutions, channels_last, sparse-matrix RoIAlign, glibc reusing freed memory),
         mask logits of the kept class only, masks pasted straight to bool; with --compile
         also torch.compile of the convolutional parts.
@@ -24,7 +24,7 @@ within 1e-3, every binary mask (> 0.5) with IoU >= 0.99 against the plain one.
 
 --stages: then the seconds of each stage of ours (median of --runs), to see where the time goes.
 --convolutions: 3x3 convolutions of R50-FPN's shapes, oneDNN's direct ones against
-instseg.models.winograd, to see where Winograd pays.
+instseg.inference.winograd, to see where Winograd pays.
 
 Model: the checkpoint's (--ckpt) or, without one,
 torchvision's maskrcnn_resnet50_fpn with seeded random weights (timings are those of the
@@ -50,10 +50,11 @@ from _common import SHARED_DATA, HelpFormatter
 
 from instseg.data.categories import CategoryMap
 from instseg.data.images import read_rgb
-from instseg.demo.predictor import Predictor
 from instseg.evaluation.paste import paste_masks_to_binary
-from instseg.models.inference import _labelled_mask_logits, optimize_for_inference
-from instseg.models.winograd import WinogradConv2d
+from instseg.inference.optimize import optimize_for_inference
+from instseg.inference.predictor import Predictor
+from instseg.inference.winograd import WinogradConv2d
+from instseg.models.forward import _labelled_mask_logits
 from instseg.utils.memory import reuse_freed_memory
 
 SAMPLE = SHARED_DATA / "coco-sample" / "images"
@@ -63,7 +64,7 @@ TOLERANCE, MIN_IOU = 1e-3, 0.99
 def load_model(ckpt: str | None):
     """(net, categories) of the checkpoint, or torchvision's R50-FPN with seeded weights."""
     if ckpt:
-        from instseg.pipeline import module_from_checkpoint
+        from instseg.checkpoints.build import module_from_checkpoint
 
         module, categories, _ = module_from_checkpoint(ckpt)
         return module.net.eval(), categories

@@ -15,7 +15,7 @@ within the 100 warm-up steps the LR is the full run's) and trainer.num_sanity_va
 or Lightning without extras: logger=none callbacks=none +trainer.enable_progress_bar=false
 +trainer.enable_checkpointing=false +trainer.enable_model_summary=false
 
-instseg  `instseg.pipeline.train(cfg)`, i.e. Trainer.fit of MaskRCNNModule, with one more
+instseg  `instseg.tasks.train.train(cfg)`, i.e. Trainer.fit of MaskRCNNModule, with one more
          callback recording time.perf_counter() at every on_train_batch_start and _end.
          On CPU its fit has glibc keep freed memory for the next step
          (runtime.reuse_memory, instseg.utils.memory).
@@ -71,7 +71,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from instseg.models.optimizers import build_optimizer
-from instseg.pipeline import build_module, train
+from instseg.tasks.common import build_module
+from instseg.tasks.train import train
 from instseg.utils.memory import reuse_freed_memory
 
 BENCH_OVERRIDES = ["data.num_workers=0", "trainer.accelerator=cpu",
@@ -138,7 +139,7 @@ def bench_config(work: Path, data_dir: Path, steps: int, overrides: list[str]) -
 
 
 def run_instseg(cfg: DictConfig, work: Path) -> Run:
-    """instseg.pipeline.train with a StepTimer callback; Lightning's console output (model
+    """instseg.tasks.train.train with a StepTimer callback; Lightning's console output (model
     summary, progress bar) goes to /dev/null."""
     cfg = cfg.copy()
     with open_dict(cfg):

@@ -9,6 +9,7 @@ Everything that composes a config finds it here:
 - `CONFIG_PATH`: the `config_path` of every @hydra.main (train.py, evaluate.py, the commands)
 - `compose(name, overrides)`: a config composed outside a Hydra app
 - `CONFIG_DIR`, `options(group)`: the package's folder and the options of a config group
+- `model_config(cfg, num_classes)`: cfg.model resolved for a number of outputs
 
 A checkout imported without being installed (PYTHONPATH=.) has no `instseg.conf`; there the
 checkout's conf/ is read directly.
@@ -16,11 +17,12 @@ checkout's conf/ is read directly.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from instseg.utils import resolvers  # noqa: F401  (registers ${cwd:} for conf/paths)
 
@@ -53,3 +55,12 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
         context = initialize_config_dir(str(CONFIG_DIR), version_base="1.3")
     with context:
         return compose_config(config_name, overrides=list(overrides))
+
+
+def model_config(cfg: DictConfig, num_classes: int) -> dict:
+    """cfg.model resolved for `num_classes` outputs (categories plus background; the model
+    files' predictors read ${num_classes}), as a dict; `cfg` itself is left as it is."""
+    run = copy.deepcopy(cfg)
+    with open_dict(run):
+        run.num_classes = num_classes
+    return OmegaConf.to_container(run.model, resolve=True)

@@ -85,7 +85,7 @@ def tiny_shapes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tiny_shapes, tmp_path_factory) -> tuple[Path, dict]:
     """(run directory, final metrics) of a tiny model trained a few CPU steps on tiny_shapes."""
-    from instseg.pipeline import train
+    from instseg.tasks.train import train
 
     output_dir = tmp_path_factory.mktemp("run")
     cfg = compose_config("train", tiny_train_overrides(tiny_shapes), output_dir)

@@ -3,7 +3,7 @@
 import pytest
 from hydra.utils import instantiate
 
-from instseg.pipeline import _instantiate_group
+from instseg.tasks.common import instantiate_group as _instantiate_group
 from tests.conftest import CONFIG_DIR, compose_config
 
 

@@ -20,8 +20,12 @@ from pycocotools import mask as mask_utils
 from torchvision.io import decode_image
 from torchvision.models import get_weight
 
-from instseg.demo.predictor import Predictor, read_image
-from instseg.pipeline import evaluate, instantiate_module, train
+from instseg.configs import model_config
+from instseg.data.images import read_rgb
+from instseg.inference.predictor import Predictor
+from instseg.models.build import instantiate_module
+from instseg.tasks.evaluate import evaluate
+from instseg.tasks.train import train
 from tests.conftest import ROOT, compose_config, shared_data, tiny_train_overrides
 from tests.models.test_weights import PREDICTOR_KEYS
 from tests.weights_cache import WeightsCache
@@ -60,7 +64,7 @@ def test_pretrained_demo_writes_an_overlay_for_every_photo(torch_home, tmp_path)
     names = get_weight(COCO_WEIGHTS["r50_fpn"]).meta["categories"]  # index = COCO id
     assert len(photos) == 9
     for photo in photos:
-        height, width = read_image(photo).shape[1:]
+        height, width = read_rgb(photo).shape[1:]
         overlay = decode_image(str(tmp_path / "out" / f"{photo.stem}.png"))
         assert tuple(overlay.shape) == (3, height, width)
         records = json.loads((tmp_path / "out" / f"{photo.stem}.json").read_text())
@@ -90,7 +94,7 @@ def test_from_pretrained_holds_the_file_and_predicts_as_torchvision_runs_it(mode
     state = predictor.net.state_dict()
     assert all(torch.equal(state[k], published[k]) for k in published)
 
-    image = read_image(sorted(shared_data("demo-images").glob("*.jpg"))[0])
+    image = read_rgb(sorted(shared_data("demo-images").glob("*.jpg"))[0])
     ours = predictor(image)
     with torch.no_grad():
         expected = predictor.net([image.float() / 255])[0]  # torchvision's MaskRCNN.forward
@@ -163,8 +167,7 @@ def test_imagenet_backbone_weights_load_into_every_model(model, norm, torch_home
     torch_home.plant(name)
     cfg = compose_config("train", [f"model={model}", "model.net.backbone.weights=IMAGENET1K_V1",
                                    f"model.net.backbone.norm={norm}"], tmp_path)
-    cfg.num_classes = 5
-    body = instantiate_module(cfg).net.backbone.body
+    body = instantiate_module(model_config(cfg, num_classes=5)).net.backbone.body
     published = torch.load(torch_home.path(name), weights_only=True)
     state = body.state_dict()
     loaded = [k for k in state if not k.endswith("num_batches_tracked")]

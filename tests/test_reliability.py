@@ -23,9 +23,10 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from instseg.checkpoints import AtomicCheckpointIO
+from instseg.checkpoints.io import AtomicCheckpointIO
 from instseg.models.nonfinite import NonFiniteLossError
-from instseg.pipeline import evaluate, train
+from instseg.tasks.evaluate import evaluate
+from instseg.tasks.train import train
 from instseg.utils.errors import InstsegError
 from tests.conftest import ROOT, compose_config, tiny_train_overrides
 
@@ -136,7 +137,7 @@ def test_a_write_cut_short_leaves_the_previous_checkpoint(tmp_path, sigxfsz):
     AtomicCheckpointIO().save_checkpoint(_checkpoint(1.0), path)
     writer = textwrap.dedent(f"""
         import resource, signal, torch
-        from instseg.checkpoints import AtomicCheckpointIO
+        from instseg.checkpoints.io import AtomicCheckpointIO
         signal.signal(signal.SIGXFSZ, signal.{sigxfsz})
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
@@ -324,7 +325,7 @@ def test_resuming_with_other_run_options_optimizer_and_schedule_is_allowed(refer
         tiny_shapes, f"ckpt_path={reference}", "runtime.fused_optimizer=false",
         "runtime.reuse_memory=false", "runtime.nonfinite_loss=skip", "eval.backend=pycocotools",
         "model.optimizer.lr=0.5"), tmp_path)
-    with caplog.at_level("INFO", logger="instseg.pipeline"):
+    with caplog.at_level("INFO", logger="instseg.tasks.train"):
         train(cfg)
     compared = len(_flatten_keys(_load(reference)["instseg"]["config"]["model"]["net"]))
     assert f"resuming {reference}: same architecture ({compared} keys under model.net" \

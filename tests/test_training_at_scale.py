@@ -10,7 +10,8 @@ import torch
 from hydra.utils import instantiate
 
 from instseg.models.schedules import linear_scaling
-from instseg.pipeline import _scale_to_total_batch, evaluate, train
+from instseg.tasks.evaluate import evaluate
+from instseg.tasks.train import scaling_for, train
 from tests.conftest import ROOT, compose_config, tiny_train_overrides
 
 
@@ -37,14 +38,13 @@ def test_world_size_2_batch_2_accumulate_2_scales_the_recipe(tiny_shapes, tmp_pa
         "scale_lr_from_batch=16", "model=r50_fpn", "model.optimizer.lr=0.02",
         "trainer.max_steps=900", "model.scheduler.warmup_steps=100",
         "model.scheduler.milestones=[600,800]"), tmp_path)
-    trainer = instantiate(cfg.trainer)
-    assert trainer.world_size == 2
-    _scale_to_total_batch(cfg, trainer)
-    assert cfg.model.optimizer.lr == pytest.approx(0.01)
-    assert cfg.trainer.max_steps == 1800 and trainer.max_steps == 1800
-    assert cfg.model.scheduler.warmup_steps == 200
-    assert list(cfg.model.scheduler.milestones) == [1200, 1600]
-    assert cfg.scaling.total_batch == 8
+    assert instantiate(cfg.trainer).world_size == 2
+    scaling = scaling_for(cfg)
+    assert scaling["lr"] == pytest.approx(0.01)
+    assert scaling["max_steps"] == 1800 and scaling["warmup_steps"] == 200
+    assert scaling["milestones"] == [1200, 1600]
+    assert scaling["total_batch"] == 8 and scaling["world_size"] == 2
+    assert cfg.trainer.max_steps == 900  # the task's config is left as given
 
 
 def test_bf16_mixed_trains_on_cpu(tiny_shapes, tmp_path):

@@ -1,6 +1,7 @@
-"""COCO evaluation: records from detections, and the 12 standard stats per task."""
+"""COCO evaluation: the evaluator and its Lightning callback, compact per-image detections,
+bounded-memory COCOeval, pasting to RLE, results files."""
 
-from instseg.evaluation.coco import CocoEvaluator, coco_stats
-from instseg.evaluation.detections import ImageDetections, detections_to_records
+from instseg.evaluation.coco import CocoEvaluator
+from instseg.evaluation.detections import ImageDetections
 
-__all__ = ["CocoEvaluator", "ImageDetections", "coco_stats", "detections_to_records"]
+__all__ = ["CocoEvaluator", "ImageDetections"]

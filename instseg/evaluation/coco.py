@@ -6,7 +6,7 @@ Contract (detectron2's evaluator shape):
                                             # boxes XYXY float [N, 4], labels int64 contiguous,
                                             # scores [N], masks float [N, 1, H, W] in image
                                             # pixels, or mask_probs [N, 1, M, M] + image_size
-                                            # (instseg.models.inference.predict_unpasted)
+                                            # (instseg.models.forward.predict_unpasted)
     metrics = evaluator.evaluate()          # {"segm_mAP": ..., "bbox_mAP50": ..., ...}
 
 Masks are thresholded at 0.5 and RLE-encoded as they arrive, and each image's detections
@@ -14,8 +14,8 @@ are kept compactly (`ImageDetections`); scoring builds COCO records a slice of i
 time, so memory stays bounded on large sets. Under torch.distributed the detections are
 gathered, images seen twice (a distributed
 sampler pads the last batch) are counted once, rank 0 computes and every rank receives the
-same numbers. `coco_stats` is the pure scoring step: ground truth + COCO results list ->
-the 12 standard stats, with pycocotools or faster-coco-eval (same numbers, faster).
+same numbers, with pycocotools or faster-coco-eval (same numbers, faster;
+`instseg.evaluation.cocoeval.run_cocoeval` is the scoring step).
 """
 
 from __future__ import annotations
@@ -38,11 +38,6 @@ STAT_NAMES = (
     "mAP", "mAP50", "mAP75", "mAP_s", "mAP_m", "mAP_l",
     "mAR1", "mAR10", "mAR100", "mAR_s", "mAR_m", "mAR_l",
 )
-
-
-def coco_stats(*args, **kwargs) -> np.ndarray:
-    """The 12 COCO stats, as `COCOeval.summarize` prints them, of `run_cocoeval(...)`."""
-    return np.asarray(run_cocoeval(*args, **kwargs).stats[:12], dtype=np.float64)
 
 
 def per_category_ap(evaluator) -> dict[int, float]:

@@ -9,7 +9,7 @@ Contract:
     ImageDetections.from_output(image_id, output, categories)
         output: a torchvision detection dict: boxes XYXY float [N, 4] in image pixels, labels
         int64 contiguous (1..K), scores [N], and masks float [N, 1, H, W] or mask_probs
-        [N, 1, M, M] + image_size (H, W) (instseg.models.inference.predict_unpasted).
+        [N, 1, M, M] + image_size (H, W) (instseg.models.forward.predict_unpasted).
     .records() -> COCO results records: image_id, category_id (the dataset's ids, converted
         by CategoryMap), bbox [x, y, w, h], score and segmentation (compressed RLE, masks
         thresholded at 0.5).
@@ -94,13 +94,6 @@ def _mask_rles(output: dict, boxes: torch.Tensor, threshold: float) -> list[dict
     binary = (output["masks"][:, 0] > threshold).cpu().numpy().astype(np.uint8)
     return [{"size": r["size"], "counts": r["counts"].decode("ascii")}
             for r in mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))]
-
-
-def detections_to_records(
-    image_id: int, output: dict, categories: CategoryMap, mask_threshold: float = 0.5
-) -> list[dict]:
-    """One image's detections -> COCO results records (xywh box, category id, RLE mask)."""
-    return ImageDetections.from_output(image_id, output, categories, mask_threshold).records()
 
 
 def records_by_image(

@@ -1,19 +1,18 @@
 """LightningModule around a built torchvision Mask R-CNN.
 
 Training: the model's loss dict is summed; every term is logged as `train/<term>` and the
-sum as `train/loss`. Validation is COCO mAP, not a loss: predictions (masks left at the
-mask head's 28x28, pasted straight into RLE) are scored by `CocoEvaluator` against the
-datamodule's validation json and logged as `val/segm_mAP`, `val/bbox_mAP50`, ...,
-`val/segm_AP/<category>`, with a precision-recall figure for TensorBoard. The datamodule
-must expose `val_coco` (pycocotools COCO) and `categories` (CategoryMap), as
-`instseg.data.CocoDataModule` does.
+sum as `train/loss`. Validation is COCO mAP, not a loss, and the metric is not the model's:
+`validation_step` returns (image ids, detections with masks left at the mask head's 28x28,
+`instseg.models.forward.predict_unpasted`), and an evaluation callback
+(`instseg.evaluation.callback.CocoEvaluation`, added by the train and evaluate tasks) scores
+them and logs `val/segm_mAP`, `val/bbox_mAP50`, ...
 
 A NaN or Inf loss stops training, or skips that step's update, by `nonfinite_loss`
 (`instseg.models.nonfinite`); non-finite weights are never checkpointed.
 
-On CPU, fit has glibc keep freed memory for the next step (`reuse_memory`,
-instseg.utils.memory): every step allocates the same large activations and gradients, which
-glibc would otherwise hand back to the kernel and fault in again, zeroed, the next step.
+On CPU, with `reuse_memory` (the train task passes it), fit has glibc keep freed memory for
+the next step (instseg.utils.memory): every step allocates the same large activations and
+gradients, which glibc would otherwise hand back to the kernel and fault in again, zeroed.
 
 The optimizer is torch's fused implementation where it has one (`fused_optimizer`,
 instseg.models.optimizers), except with mixed precision (16-mixed, bf16-mixed) and gradient
@@ -24,7 +23,6 @@ so there the optimizer is built as configured.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import pytorch_lightning as pl
@@ -32,9 +30,7 @@ import torch
 from pytorch_lightning.plugins import MixedPrecision
 from torch import nn
 
-from instseg.evaluation.coco import CocoEvaluator
-from instseg.evaluation.plots import precision_recall_figure
-from instseg.models.inference import predict_unpasted
+from instseg.models.forward import predict_unpasted
 from instseg.models.nonfinite import NonFiniteGuard
 from instseg.models.optimizers import build_optimizer
 from instseg.utils.memory import reuse_freed_memory
@@ -44,11 +40,10 @@ class MaskRCNNModule(pl.LightningModule):
     """`net` is a torchvision `MaskRCNN`; `optimizer(params)` and `scheduler(optimizer,
     total_steps)` are partials (Hydra `_partial_: true`); the scheduler steps every iteration.
     `nonfinite_loss`: stop | skip, what a step with a NaN/Inf loss does. `reuse_memory`:
-    on CPU, keep freed memory in the process for the next step (a process-wide setting; fit
-    makes it here, evaluate.py passes it to optimize_for_inference). `fused_optimizer`: use
-    the optimizer's fused kernel where torch has one (see the module docstring).
-    `eval_backend`, `nonfinite_loss`, `reuse_memory` and `fused_optimizer` are run options
-    that the task passes in (conf/train.yaml: runtime, eval); they are not the model's config.
+    on CPU, keep freed memory in the process for the next step (a process-wide setting, made
+    at fit start). `fused_optimizer`: use the optimizer's fused kernel where torch has one
+    (see the module docstring). These three are run options that the task passes in
+    (conf/train.yaml: runtime); they are not the model's config.
     """
 
     def __init__(
@@ -56,18 +51,14 @@ class MaskRCNNModule(pl.LightningModule):
         net: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        eval_backend: str = "faster_coco_eval",
         nonfinite_loss: str = "stop",
-        reuse_memory: bool = True,
+        reuse_memory: bool = False,
         fused_optimizer: bool = True,
     ) -> None:
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.eval_backend = eval_backend
-        self.evaluator: CocoEvaluator | None = None
-        self.last_metrics: dict[str, float] = {}
         self.nonfinite = NonFiniteGuard(nonfinite_loss)
         self.skipped_images = 0  # this process's count since the run (or resume) started
         self.reuse_memory = reuse_memory
@@ -82,12 +73,10 @@ class MaskRCNNModule(pl.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Lightning zeroes gradients after the forward pass, so the previous step's would be
-        # held through it. Freed here first, as a plain loop does, small_cpu's CPU step
-        # inside Lightning went from 6.5 ms slower than the plain loop's to the same
-        # (benchmarks/bench_train_step.py; benchmarks/README.md). At the same batches as
-        # Lightning's own zeroing: the first of each accumulation. (Callbacks'
+        # held through it: freed here first, as a plain loop does, at the same batches as
+        # Lightning's own zeroing (the first of each accumulation). Callbacks'
         # on_before_zero_grad, which Lightning still calls after the forward pass, find the
-        # gradients already gone.)
+        # gradients already gone.
         if batch_idx % self.trainer.accumulate_grad_batches == 0:
             for optimizer in self.trainer.optimizers:
                 optimizer.zero_grad(set_to_none=True)
@@ -113,39 +102,13 @@ class MaskRCNNModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 
-    def on_validation_epoch_start(self) -> None:
-        datamodule = self.trainer.datamodule
-        self.evaluator = CocoEvaluator(
-            datamodule.val_coco, datamodule.categories, backend=self.eval_backend,
-            verbose=self.trainer.is_global_zero,
-        )
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        images, targets, _ = batch  # an unreadable image is logged and left out of the scores
+    def validation_step(self, batch, batch_idx: int):
+        """(image ids, unpasted detections) for the evaluation callback; None for a batch
+        left without images (an unreadable image is logged and left out of the scores)."""
+        images, targets, _ = batch
         if not images:
-            return
-        outputs = predict_unpasted(self.net, images)  # masks pasted into RLE by the evaluator
-        self.evaluator.process([t["image_id"] for t in targets], outputs)
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
-        self.last_metrics = self.evaluator.evaluate()
-        # Every rank holds the same numbers (rank 0 computed them), so no reduction is needed.
-        self.log_dict({f"val/{k}": v for k, v in self.last_metrics.items()}, sync_dist=False)
-        per_category = {
-            f"val/{task}_AP/{name}": ap
-            for task, aps in self.evaluator.category_ap.items() for name, ap in aps.items()
-            if not math.isnan(ap)  # categories without ground truth have no AP
-        }
-        self.log_dict(per_category, sync_dist=False)
-        self._log_precision_recall()
-
-    def _log_precision_recall(self) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if self.trainer.is_global_zero and hasattr(experiment, "add_figure"):
-            figure = precision_recall_figure(self.evaluator.pr_curves)
-            experiment.add_figure("val/precision_recall", figure, global_step=self.global_step)
+            return None
+        return [t["image_id"] for t in targets], predict_unpasted(self.net, images)
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]

@@ -55,12 +55,6 @@ def read_torch_file(path: str | Path, what: str = "weights", mmap: bool = False)
         raise InstsegError(f"{path}: cannot load {what} ({error})") from error
 
 
-def file_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A model state dict from an instseg/Lightning checkpoint, a plain state dict or a
-    torchvision `.pth`."""
-    return state_dict_of(read_torch_file(path), path)
-
-
 def state_dict_of(content, path: str | Path) -> dict[str, torch.Tensor]:
     """The model state dict inside the loaded `content` of file `path`."""
     if isinstance(content, dict) and "state_dict" in content:  # a Lightning checkpoint

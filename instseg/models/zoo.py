@@ -6,21 +6,17 @@ parameter count, the weights torchvision publishes for it and their COCO val2017
 
 from __future__ import annotations
 
-from omegaconf import open_dict
 from torchvision.models import get_model_weights, get_weight
 
 from instseg import configs
+from instseg.models.build import instantiate_module
 
 
 def model_rows() -> list[dict[str, str]]:
-    from instseg.pipeline import instantiate_module
-
     rows = []
     for model in configs.options("model"):
         cfg = configs.compose("train", [f"model={model}"])
-        with open_dict(cfg):
-            cfg.num_classes = 91
-        net = instantiate_module(cfg).net
+        net = instantiate_module(configs.model_config(cfg, num_classes=91)).net
         backbone = cfg.model.net.backbone
         imagenet = [w.name for w in get_model_weights(backbone.arch)]
         row = {

@@ -1,6 +1,6 @@
-"""One test per row of the README's bad-data table: each corrupts a copy of
+"""One test per row of the bad-data table in docs/data.md: each corrupts a copy of
 ../shared/data/coco-sample, checks that the checker (`check_split`, what
-`python -m instseg.data.check` runs) reports it with file / image id / annotation id, and
+`instseg-check-data` runs) reports it with file / image id / annotation id, and
 that the training dataset skips it with a count, repairs it, or stops with the message."""
 
 from __future__ import annotations
@@ -405,7 +405,7 @@ def _train_config(root: Path, output_dir: Path):
 @pytest.mark.parametrize("batch_size", [2, 1])  # 1: the corrupt image's batch is left empty
 def test_training_runs_through_every_recoverable_fault_and_counts_them(sample, tmp_path,
                                                                        caplog, batch_size):
-    from instseg.pipeline import train
+    from instseg.tasks.train import train
 
     _damage_many(sample)
     cfg = _train_config(sample, tmp_path / "run")
@@ -421,7 +421,7 @@ def test_training_runs_through_every_recoverable_fault_and_counts_them(sample, t
 
 
 def test_training_stops_on_json_errors_before_building_a_model(sample, tmp_path):
-    from instseg.pipeline import train
+    from instseg.tasks.train import train
 
     edit(sample, lambda d: d["images"][1].update(id=d["images"][0]["id"]))
     with pytest.raises(InstsegError, match=r"1 error\(s\).*\n.*duplicate image id"):
@@ -434,7 +434,7 @@ def test_check_command_reports_every_problem_and_exits_1_on_errors(sample, tmp_p
     import sys
 
     _damage_many(sample)
-    command = [sys.executable, "-m", "instseg.data.check",
+    command = [os.path.join(os.path.dirname(sys.executable), "instseg-check-data"),
                f"annotations={sample / 'annotations.json'}", f"images={sample / 'images'}",
                f"hydra.run.dir={tmp_path / 'report'}"]
     env = {**os.environ, "COLUMNS": "250"}  # rich wraps table cells at the console width
@@ -491,7 +491,7 @@ def test_train_and_val_json_with_different_categories_stop(sample, tmp_path):
 def test_every_kind_of_problem_is_in_the_readme_table():
     from instseg.data.validation import KINDS
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    rows = [line for line in readme.splitlines() if line.startswith("| ")]
+    page = (Path(__file__).resolve().parents[2] / "docs" / "data.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| ")]
     for kind in KINDS:
         assert any(f"`{kind}`" in row for row in rows), kind

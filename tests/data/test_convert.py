@@ -404,7 +404,8 @@ def test_labelme_ignore_regions_absorb_detections_of_every_category(labelme_exam
 
 # -------------------------------------------------------------------------------- training
 def test_converted_voc_trains_and_evaluates(tmp_path):
-    from instseg.pipeline import evaluate, train
+    from instseg.tasks.evaluate import evaluate
+    from instseg.tasks.train import train
 
     root = shared_data("coco-sample", "voc")
     annotations = tmp_path / "voc.json"

@@ -8,9 +8,10 @@ from pycocotools import mask as mask_utils
 
 from instseg.data.categories import CategoryMap
 from instseg.data.coco import load_coco
-from instseg.evaluation.coco import CocoEvaluator, coco_stats, per_category_ap
+from instseg.evaluation.coco import CocoEvaluator, per_category_ap
 from instseg.evaluation.cocoeval import _plan, run_cocoeval
 from tests.conftest import shared_data
+from tests.evaluation import coco_stats
 
 
 def _perturbed_results(coco, seed: int, drop_images=(), extra_category=None) -> list[dict]:

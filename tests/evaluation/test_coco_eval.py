@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from instseg.data.coco import CocoInstances, load_coco
-from instseg.evaluation.coco import CocoEvaluator, coco_stats
+from instseg.evaluation.coco import CocoEvaluator
 from instseg.evaluation.cocoeval import BACKENDS
 from tests.conftest import shared_data
+from tests.evaluation import coco_stats
 
 
 def _expected_results(path) -> dict[str, list[float]]:

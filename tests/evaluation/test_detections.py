@@ -1,4 +1,4 @@
-"""ImageDetections: compact storage gives the records detections_to_records always gave."""
+"""ImageDetections: compact storage gives the records of the detections, built at once or later."""
 
 import json
 

@@ -32,8 +32,8 @@ def test_rles_equal_torchvision_paste_then_threshold(seed):
 def test_unpasted_prediction_gives_the_records_of_the_plain_model(tmp_path):
     """Model outputs through predict_unpasted + paste_masks_to_rles == net(images) records."""
     from instseg.data.categories import CategoryMap
-    from instseg.evaluation.detections import detections_to_records
-    from instseg.models.inference import predict_unpasted
+    from instseg.evaluation.detections import ImageDetections
+    from instseg.models.forward import predict_unpasted
     from tests.models.test_zoo import build
 
     net = build(tmp_path, "small_cpu", 3, "model.net.box_score_thresh=0.0").eval()
@@ -45,5 +45,6 @@ def test_unpasted_prediction_gives_the_records_of_the_plain_model(tmp_path):
     unpasted = predict_unpasted(net, images)
     for image_id, (p, u) in enumerate(zip(plain, unpasted, strict=True)):
         assert len(p["boxes"]) > 0 and torch.equal(p["boxes"], u["boxes"])
-        assert detections_to_records(image_id, p, categories) == detections_to_records(
-            image_id, u, categories)
+        records = [ImageDetections.from_output(image_id, output, categories).records()
+                   for output in (p, u)]
+        assert records[0] == records[1]

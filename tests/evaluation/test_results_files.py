@@ -23,8 +23,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from instseg.cli import run_cli
 from instseg.evaluation.cocoeval import BACKENDS
-from instseg.pipeline import evaluate, run_cli
+from instseg.tasks.evaluate import evaluate
 from instseg.utils.errors import InstsegError
 from tests.conftest import ROOT, compose_config, shared_data
 

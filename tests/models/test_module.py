@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import open_dict
 
-from instseg.pipeline import train
+from instseg.tasks.train import train
 from instseg.utils.memory import reuse_freed_memory
 from tests.conftest import compose_config, tiny_train_overrides
 

@@ -9,8 +9,14 @@ from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 
 from instseg.data.categories import CategoryMap
 from instseg.data.coco import load_coco
-from instseg.models.weights import file_state_dict, load_pretrained, published_state_dict
-from instseg.pipeline import build_module, train
+from instseg.models.weights import (
+    load_pretrained,
+    published_state_dict,
+    read_torch_file,
+    state_dict_of,
+)
+from instseg.tasks.common import build_module
+from instseg.tasks.train import train
 from instseg.utils.errors import InstsegError
 from tests.conftest import compose_config, shared_data, tiny_data_overrides, tiny_train_overrides
 from tests.models.test_zoo import build
@@ -46,11 +52,12 @@ def test_shapes_checkpoint_initialises_coco128_model_except_predictors(
                                    *_coco128_overrides()], tmp_path)
     datamodule = instantiate(cfg.data)
     with caplog.at_level(logging.INFO, logger="instseg.models.weights"):
-        module = build_module(cfg, datamodule)
-    assert cfg.num_classes == 81 and datamodule.categories.num_classes == 81
+        module, model = build_module(cfg, datamodule)
+    assert model["net"]["box_predictor"]["num_classes"] == 81
+    assert datamodule.categories.num_classes == 81
     logged = next(r.getMessage() for r in caplog.records if "re-initialised" in r.getMessage())
     assert {k.strip() for k in logged.split(":", 1)[1].split(",")} == PREDICTOR_KEYS
-    source = file_state_dict(shapes_checkpoint)
+    source = state_dict_of(read_torch_file(shapes_checkpoint), shapes_checkpoint)
     state = module.net.state_dict()
     assert all(torch.equal(state[k], source[k]) for k in source if k not in PREDICTOR_KEYS)
     assert not torch.equal(state["roi_heads.box_predictor.cls_score.bias"][:5],
@@ -69,9 +76,9 @@ def test_coco128_checkpoint_initialises_shapes_model_except_predictors(tiny_shap
                                    *tiny_data_overrides(tiny_shapes)], tmp_path / "shapes")
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
-    net = build_module(cfg, datamodule).net
+    net = build_module(cfg, datamodule)[0].net
     assert net.roi_heads.box_predictor.cls_score.out_features == 5
-    source = file_state_dict(checkpoint)
+    source = state_dict_of(read_torch_file(checkpoint), checkpoint)
     assert torch.equal(net.state_dict()["backbone.body.conv1.weight"],
                        source["backbone.body.conv1.weight"])
 
@@ -81,8 +88,8 @@ def test_same_categories_keep_every_key(shapes_checkpoint, tiny_shapes, tmp_path
                                    *tiny_data_overrides(tiny_shapes)], tmp_path)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
-    net = build_module(cfg, datamodule).net
-    source = file_state_dict(shapes_checkpoint)
+    net = build_module(cfg, datamodule)[0].net
+    source = state_dict_of(read_torch_file(shapes_checkpoint), shapes_checkpoint)
     assert all(torch.equal(v, source[k]) for k, v in net.state_dict().items())
 
 
@@ -118,7 +125,7 @@ def test_plain_state_dict_file_loads(tmp_path):
     torch.save(net.state_dict(), tmp_path / "plain.pth")
     torch.save({"model": net.state_dict()}, tmp_path / "reference_script.pth")
     for name in ["plain.pth", "reference_script.pth"]:
-        state = file_state_dict(tmp_path / name)
+        state = state_dict_of(read_torch_file(tmp_path / name), tmp_path / name)
         assert load_pretrained(build(tmp_path, "small_cpu", 3), state, name) == []
 
 
@@ -144,7 +151,7 @@ def test_offline_imagenet_backbone_weights_stop_with_one_clear_message(tmp_path,
 def test_evaluate_from_weights_equals_evaluate_from_checkpoint(
     shapes_checkpoint, tiny_shapes, tmp_path
 ):
-    from instseg.pipeline import evaluate
+    from instseg.tasks.evaluate import evaluate
 
     from_checkpoint = evaluate(compose_config(
         "evaluate", [f"ckpt={shapes_checkpoint}"], tmp_path / "ckpt"))
@@ -156,7 +163,7 @@ def test_evaluate_from_weights_equals_evaluate_from_checkpoint(
 
 
 def test_evaluate_without_checkpoint_or_model_says_what_it_needs(tmp_path):
-    from instseg.pipeline import evaluate
+    from instseg.tasks.evaluate import evaluate
 
     with pytest.raises(InstsegError, match="ckpt=PATH, or model="):
         evaluate(compose_config("evaluate", [], tmp_path))

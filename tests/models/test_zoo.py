@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from omegaconf import open_dict
 from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from instseg.pipeline import instantiate_module
+from instseg.configs import model_config
+from instseg.models.build import instantiate_module
 from tests.conftest import CONFIG_DIR, compose_config
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
@@ -15,9 +15,7 @@ HEAVY = {"r101_fpn", "x101_32x8d_fpn"}
 
 def build(tmp_path, model: str, num_classes: int, *overrides: str):
     cfg = compose_config("train", [f"model={model}", *overrides], tmp_path)
-    with open_dict(cfg):
-        cfg.num_classes = num_classes
-    return instantiate_module(cfg).net
+    return instantiate_module(model_config(cfg, num_classes)).net
 
 
 @pytest.mark.parametrize(("model", "reference"), [("r50_fpn", maskrcnn_resnet50_fpn),

@@ -1,0 +1,56 @@
+"""The Lightning hook that feeds validation to a `CocoEvaluator`: the metric is evaluation's,
+not the model's.
+
+`CocoEvaluation(backend)` takes what the module's `validation_step` returns, (image ids,
+detections as torchvision dicts, masks unpasted or pasted), for the datamodule's `val_coco`
+ground truth and `categories` label space (as `instseg.data.CocoDataModule` exposes them).
+At the end of each validation (not the sanity check) it logs `val/segm_mAP`,
+`val/bbox_mAP50`, ... (12 stats per task), `val/<task>_AP/<category>` (categories with
+ground truth) and a precision-recall figure where the logger draws figures (TensorBoard).
+`metrics` holds the last validation's numbers (float64, as the evaluator computed them) and
+`evaluator` its detections, for reports.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+
+from instseg.evaluation.coco import CocoEvaluator
+from instseg.evaluation.plots import precision_recall_figure
+
+
+class CocoEvaluation(pl.Callback):
+    def __init__(self, backend: str = "faster_coco_eval") -> None:
+        self.backend = backend
+        self.evaluator: CocoEvaluator | None = None
+        self.metrics: dict[str, float] = {}
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
+        datamodule = trainer.datamodule
+        self.evaluator = CocoEvaluator(datamodule.val_coco, datamodule.categories,
+                                       backend=self.backend, verbose=trainer.is_global_zero)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        if outputs is not None:
+            image_ids, detections = outputs
+            self.evaluator.process(image_ids, detections)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self.metrics = {f"val/{k}": v for k, v in self.evaluator.evaluate().items()}
+        # Every rank holds the same numbers (rank 0 computed them): no reduction needed.
+        pl_module.log_dict(self.metrics, sync_dist=False)
+        per_category = {
+            f"val/{task}_AP/{name}": ap
+            for task, aps in self.evaluator.category_ap.items() for name, ap in aps.items()
+            if not math.isnan(ap)  # categories without ground truth have no AP
+        }
+        pl_module.log_dict(per_category, sync_dist=False)
+        experiment = getattr(pl_module.logger, "experiment", None)
+        if trainer.is_global_zero and hasattr(experiment, "add_figure"):
+            figure = precision_recall_figure(self.evaluator.pr_curves)
+            experiment.add_figure("val/precision_recall", figure, global_step=trainer.global_step)

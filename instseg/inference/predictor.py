@@ -1,0 +1,169 @@
+"""`Predictor`: a Mask R-CNN (trained here or COCO-pretrained) applied to single images.
+
+Contract:
+    Predictor(net, categories, score_threshold=0.7, min_size=None, max_size=None, device=...)
+    predictor(image) -> Instances
+        image: a path, a PIL image, a numpy array HxWx3 uint8, or a tensor [3, H, W] (uint8,
+        or float in [0, 1]); pixels as stored (no EXIF rotation, as in the datasets).
+    Instances: boxes float32 [N, 4] XYXY in image pixels, scores [N], category_ids [N] (the
+        dataset's ids; COCO ids for COCO weights), class_names (N), masks bool [N, H, W]
+        (mask probabilities > 0.5), and records: the same detections as COCO results records
+        with RLE masks, exactly as evaluate.py writes them for the same model and image.
+min_size/max_size override the model's resize (800/1333 for the COCO models; a checkpoint
+keeps the size it was trained at when they are None).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.models.detection import MaskRCNN
+from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
+
+from instseg import configs
+from instseg.checkpoints.build import module_from_checkpoint, module_from_pretrained
+from instseg.data.categories import CategoryMap
+from instseg.data.images import read_rgb
+from instseg.evaluation.detections import ImageDetections
+from instseg.evaluation.paste import paste_masks_to_binary
+from instseg.inference.optimize import optimize_for_inference
+from instseg.models.forward import predict_unpasted
+from instseg.utils.errors import InstsegError
+
+AUTOCAST = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+
+
+@dataclass
+class Instances:
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    category_ids: torch.Tensor
+    class_names: list[str]
+    masks: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @cached_property
+    def records(self) -> list[dict]:
+        """COCO results records (image_id 0), built when first asked for (RLE-encoding every
+        mask is not free); the RLEs equal those evaluate.py pastes from the same
+        probabilities."""
+        output = {"boxes": self.boxes, "scores": self.scores, "masks": self.masks[:, None]}
+        return ImageDetections.from_category_ids(0, output, self.category_ids.tolist()).records()
+
+
+class Predictor:
+    def __init__(
+        self, net: MaskRCNN, categories: CategoryMap, score_threshold: float = 0.7,
+        min_size: int | None = None, max_size: int | None = None, device: str = "auto",
+        optimize: bool = True, compile: bool = False, precision: str = "32-true",
+        reuse_memory: bool = False,
+    ) -> None:
+        """`optimize`/`compile`/`reuse_memory`: instseg.inference.optimize.optimize_for_inference
+        (changes `net` in place: give a copy if it trains on; `reuse_memory=True` changes
+        glibc's allocator for the whole process, so it is off unless asked for).
+        `precision`: 32-true, or 16-mixed / bf16-mixed for autocast inference on a CUDA
+        device."""
+        if precision not in AUTOCAST:
+            raise InstsegError(f"precision={precision!r}: expected one of {list(AUTOCAST)}")
+        self.autocast_dtype = AUTOCAST[precision]
+        self.device = torch.device(_resolve_device(device))
+        if self.autocast_dtype is not None and self.device.type == "cpu":
+            raise InstsegError(f"precision={precision} needs a CUDA device (torchvision's CPU "
+                               "RoIAlign has no half-precision kernel); use 32-true on a CPU")
+        self.net = net.eval().to(self.device)
+        if optimize:
+            optimize_for_inference(self.net, compile=compile, reuse_memory=reuse_memory)
+        if min_size is not None:
+            self.net.transform.min_size = (int(min_size),)
+        if max_size is not None:
+            self.net.transform.max_size = int(max_size)
+        self.categories = categories
+        self.names = dict(zip(categories.category_ids, categories.names, strict=True))
+        self.score_threshold = score_threshold
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs) -> Predictor:
+        """A model trained by `train` (class names from its dataset)."""
+        module, categories, _ = module_from_checkpoint(path)
+        return cls(module.net, categories, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, model: str = "r50_fpn", **kwargs) -> Predictor:
+        """conf/model/<model>.yaml with its COCO weights (torchvision's; names from their
+        metadata). Offline without them in the torch hub cache: InstsegError saying how."""
+        cfg = configs.compose("demo", [f"model={model}", "model.weights=coco"])
+        module, categories = module_from_pretrained(cfg)
+        return cls(module.net, categories, **kwargs)
+
+    def __call__(self, image) -> Instances:
+        return self.predict([image])[0]
+
+    def predict(self, images: list) -> list[Instances]:
+        batch = [_float_image(image).to(self.device) for image in images]
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None):
+            outputs = predict_unpasted(self.net, batch)
+        return [self._instances(output) for output in outputs]
+
+    def render(self, image, instances: Instances, side_by_side: bool = False) -> torch.Tensor:
+        """The image with the instances drawn (uint8 [3, H, W]); with side_by_side, the input
+        and the overlay next to each other ([3, H, 2W])."""
+        from instseg.inference.render import draw_instances
+
+        pixels = to_uint8_image(image)
+        overlay = draw_instances(pixels, instances)
+        return torch.cat([pixels, overlay], dim=2) if side_by_side else overlay
+
+    def _instances(self, output: dict) -> Instances:
+        keep = output["scores"] >= self.score_threshold
+        boxes = output["boxes"][keep].float().cpu()
+        labels = output["labels"][keep].cpu()
+        scores = output["scores"][keep].float().cpu()
+        masks = paste_masks_to_binary(output["mask_probs"][keep].float().cpu(), boxes,
+                                      output["image_size"])
+        category_ids = torch.as_tensor(self.categories.to_category_ids(labels),
+                                       dtype=torch.int64)
+        return Instances(
+            boxes=boxes, scores=scores,
+            category_ids=category_ids, masks=masks,
+            class_names=[self.names[int(c)] for c in category_ids],
+        )
+
+
+def to_uint8_image(image) -> torch.Tensor:
+    """A path / PIL image / HxWx3 array / [3, H, W] tensor as uint8 RGB [3, H, W]."""
+    if isinstance(image, (str, Path)):
+        return read_rgb(image)
+    if isinstance(image, Image.Image):
+        return pil_to_tensor(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 array, got shape {image.shape}")
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.uint8)
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
+        if image.dtype == torch.uint8:
+            return image.cpu()
+        return (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    raise TypeError(f"cannot read an image from {type(image).__name__}")
+
+
+def _float_image(image) -> torch.Tensor:
+    """float32 [3, H, W] in [0, 1], scaled exactly as the datasets' transforms scale."""
+    if isinstance(image, torch.Tensor) and image.is_floating_point():
+        return to_uint8_image(image) if image.ndim != 3 else image.detach().float()
+    return to_dtype(to_uint8_image(image), torch.float32, scale=True)
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

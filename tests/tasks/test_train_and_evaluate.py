@@ -1,0 +1,172 @@
+"""train(cfg) / evaluate(cfg) in process, and the real entry scripts in subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from instseg.tasks.evaluate import evaluate
+from instseg.tasks.train import train
+from tests.conftest import ROOT, compose_config, tiny_data_overrides, tiny_train_overrides
+
+
+def test_train_logs_losses_and_mAP_and_writes_run_directory(trained_run):
+    output_dir, metrics = trained_run
+    for key in ["train/loss", "train/loss_mask", "train/loss_classifier", "train/loss_box_reg",
+                "train/loss_objectness", "train/loss_rpn_box_reg",
+                "val/segm_mAP", "val/bbox_mAP", "val/segm_mAP50", "val/bbox_mAP75"]:
+        assert key in metrics, key
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert (output_dir / "config_resolved.yaml").is_file()
+    assert list((output_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (output_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((output_dir / "checkpoints").glob("best-*.ckpt"))
+
+
+def test_tensorboard_holds_losses_learning_rate_and_mAP(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output_dir, _ = trained_run
+    events = EventAccumulator(str(output_dir / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss_mask", "val/segm_mAP", "val/bbox_mAP"} <= tags
+    assert any(tag.startswith("lr-") for tag in tags)
+
+
+def test_evaluate_reproduces_logged_mAP_in_process(trained_run, tmp_path):
+    output_dir, _ = trained_run
+    best = next((output_dir / "checkpoints").glob("best-*.ckpt"))
+    logged = torch.load(best, weights_only=True)["instseg"]["metrics"]
+    cfg = compose_config("evaluate", [f"ckpt={best}", "eval.backend=pycocotools"], tmp_path)
+    metrics = evaluate(cfg)
+    assert metrics["val/segm_mAP"] == pytest.approx(logged["val/segm_mAP"], abs=1e-12)
+    assert metrics["val/bbox_mAP"] == pytest.approx(logged["val/bbox_mAP"], abs=1e-12)
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["metrics"]["val/segm_mAP"] == metrics["val/segm_mAP"]
+
+
+def _run(script: str, *overrides: str, cwd) -> subprocess.CompletedProcess:
+    env = os.environ | {"INSTSEG_ROOT": str(cwd)}
+    return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_entry_scripts_round_trip(tiny_shapes, tmp_path):
+    """train.py writes a best checkpoint; evaluate.py on it prints the mAP training logged."""
+    run_dir = tmp_path / "run"
+    train_run = _run("train.py", *tiny_train_overrides(tiny_shapes),
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert train_run.returncode == 0, train_run.stderr[-3000:]
+    assert "Average Precision" in train_run.stdout
+    best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
+    logged = torch.load(best, weights_only=True)["instseg"]["metrics"]["val/segm_mAP"]
+
+    eval_dir = tmp_path / "eval"
+    eval_run = _run("evaluate.py", f"ckpt={best}", f"hydra.run.dir={eval_dir}", cwd=tmp_path)
+    assert eval_run.returncode == 0, eval_run.stderr[-3000:]
+    assert f"val/segm_mAP = {logged:.4f} (training logged {logged:.4f}" in eval_run.stdout
+    report = json.loads((eval_dir / "metrics.json").read_text())
+    assert report["metrics"]["val/segm_mAP"] == pytest.approx(logged, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_missing_dataset_is_one_clear_message(tmp_path):
+    result = _run("train.py", "data=coco", f"data.root={tmp_path}/nowhere",
+                  f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{tmp_path}/nowhere/annotations/instances_train2017.json" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_r50_fpn_smoke_run(tiny_shapes, tmp_path):
+    cfg = compose_config(
+        "train", ["model=r50_fpn", "debug=smoke", *tiny_data_overrides(tiny_shapes)], tmp_path
+    )
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert "val/segm_mAP" in metrics
+
+
+def test_evaluate_writes_results_and_predictions_mode_rescores_them(
+    trained_run, tiny_shapes, tmp_path
+):
+    output_dir, _ = trained_run
+    best = next((output_dir / "checkpoints").glob("best-*.ckpt"))
+    first = evaluate(compose_config("evaluate", [f"ckpt={best}"], tmp_path / "model"))
+    results_file = tmp_path / "model" / "coco_instances_results.json"
+    results = json.loads(results_file.read_text())
+    assert results and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(
+        results[0])
+    assert isinstance(results[0]["segmentation"]["counts"], str)  # compressed RLE
+    report = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert set(report["ap_per_category"]["segm"]) == {"circle", "rectangle", "triangle", "star"}
+
+    rescored = evaluate(compose_config(
+        "evaluate", [f"predictions={results_file}", "data=shapes",
+                     *tiny_data_overrides(tiny_shapes)], tmp_path / "rescore"))
+    assert rescored == first
+
+
+def test_validation_logs_per_category_ap_and_precision_recall_figure(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output_dir, _ = trained_run
+    events = EventAccumulator(str(output_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert "val/segm_AP/circle" in events.Tags()["scalars"]
+    assert "val/precision_recall" in events.Tags()["images"]
+
+
+@pytest.mark.slow
+def test_ddp_evaluation_on_two_processes_equals_one(trained_run, tiny_shapes, tmp_path):
+    """2 gloo processes on 7 images (the sampler pads one): every image counted once."""
+    output_dir, _ = trained_run
+    best = next((output_dir / "checkpoints").glob("best-*.ckpt"))
+    data = ["data=shapes", *tiny_data_overrides(tiny_shapes), "data.val_batch_size=1"]
+    runs = {}
+    for name, trainer in [("single", ["trainer.accelerator=cpu"]),
+                          ("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"])]:
+        run = _run("evaluate.py", f"ckpt={best}", *data, *trainer,
+                   f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "COCO segm (7 images," in run.stdout  # the padded duplicate is not counted
+        if name == "ddp":
+            assert "Starting with 2 processes" in run.stdout + run.stderr
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
+    assert runs["ddp"] == runs["single"]
+
+
+@pytest.mark.slow
+def test_sweep_runs_each_job_in_its_own_directory(tiny_shapes, tmp_path):
+    """python train.py -m ...: Hydra resolves the sweep dir before any job (no ${hydra:})."""
+    overrides = [o for o in tiny_train_overrides(tiny_shapes) if "max_epochs" not in o]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", *overrides, "trainer.max_epochs=1",
+         "model.optimizer.lr=0.001,0.002"],
+        cwd=tmp_path, env=os.environ | {"INSTSEG_ROOT": str(tmp_path)},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    for job in ("0", "1"):
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+    summary = json.loads((sweep / "summary.json").read_text())  # best first
+    assert sorted(j["job"] for j in summary) == [0, 1]
+    assert summary[0]["val/segm_mAP"] >= summary[1]["val/segm_mAP"]
+    assert "model.optimizer.lr=0.002" in result.stdout  # the table shows what differs
+
+
+def test_resume_from_last_checkpoint_continues_the_run(trained_run, tiny_shapes, tmp_path):
+    output_dir, _ = trained_run
+    last = output_dir / "checkpoints" / "last.ckpt"
+    steps_done = torch.load(last, weights_only=True)["global_step"]
+    overrides = [o for o in tiny_train_overrides(tiny_shapes) if "max_epochs" not in o]
+    cfg = compose_config("train", [*overrides, "trainer.max_epochs=3", f"ckpt_path={last}"],
+                         tmp_path)
+    train(cfg)
+    resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == steps_done * 3 // 2  # one more epoch, not three
