@@ -105,7 +105,7 @@ def loader_rate(loader, batches: int, repeats: int) -> float:
 def fresh_model(cfg: DictConfig, datamodule):
     """(net in train mode, its trainable params, the config's optimizer), seeded weights."""
     pl.seed_everything(cfg.seed, verbose=False)
-    module = build_module(cfg, datamodule)
+    module, _ = build_module(cfg, datamodule)
     params = [p for p in module.net.parameters() if p.requires_grad]
     return module.net.train(), params, module.build_optimizer(params)
 

@@ -159,7 +159,7 @@ def run_plain(cfg: DictConfig, steps: int) -> Run:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # as train() does
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
-    module = build_module(cfg, datamodule)  # the same weights as train()'s, from the seed
+    module, _ = build_module(cfg, datamodule)  # the same weights as train()'s, from the seed
     datamodule.setup("fit")
     net = module.net.train()
     params = [p for p in net.parameters() if p.requires_grad]
@@ -288,7 +288,7 @@ def optimizer_step_ms(cfg: DictConfig, steps: int, rounds: int = OPTIMIZER_ROUND
     """Median ms of one optimizer step over the model's parameters, fused and torch's
     default, alternated over `rounds`."""
     datamodule = instantiate(cfg.data)
-    module = build_module(cfg, datamodule)
+    module, _ = build_module(cfg, datamodule)
     params = [p for p in module.net.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(0)
     for p in params:

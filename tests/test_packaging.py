@@ -101,7 +101,8 @@ def test_the_wheel_carries_every_config_and_no_local_override(wheel):
     assert len(configs) > 40
     shipped = {name for name in names if name.startswith("instseg/conf/")}
     assert shipped == configs | {"instseg/conf/__init__.py"}
-    assert {"instseg/configs.py", "instseg/pipeline.py", "instseg/data/check.py"} <= names
+    assert {"instseg/configs.py", "instseg/cli.py", "instseg/tasks/check.py",
+            "instseg/data/convert/cli.py"} <= names
 
 
 COMPOSE = """
