@@ -28,20 +28,24 @@ class RecordRun(pl.Callback):
     Args:
         config: the run's resolved config, derived values included.
         categories: the model's label space.
-        metrics: a callable returning the latest validation metrics ({"val/segm_mAP": ...}).
+        evaluation: what holds the latest validation metrics as `.metrics`
+            ({"val/segm_mAP": ...}; instseg.evaluation.callback.CocoEvaluation), or None.
+            An object rather than a function, so that DDP-spawned processes (which receive
+            pickled callbacks) read their own copy of it.
     """
 
-    def __init__(self, config: dict, categories: CategoryMap, metrics=dict) -> None:
+    def __init__(self, config: dict, categories: CategoryMap, evaluation=None) -> None:
         self.config = config
         self.categories = categories
-        self.metrics = metrics
+        self.evaluation = evaluation
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = {
             "config": self.config,
             "categories": {"ids": list(self.categories.category_ids),
                            "names": list(self.categories.names)},
-            "metrics": dict(self.metrics()),  # the evaluator's float64 numbers
+            # the evaluator's float64 numbers, not the logger's float32 copies
+            "metrics": dict(getattr(self.evaluation, "metrics", {})),
         }
         checkpoint[RNG_KEY] = rng_states()
 

@@ -49,7 +49,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.num_classes = datamodule.categories.num_classes
     evaluation = CocoEvaluation(backend=run.eval.backend)
     config = OmegaConf.to_container(run, resolve=True)
-    record = RecordRun(config, datamodule.categories, metrics=lambda: evaluation.metrics)
+    record = RecordRun(config, datamodule.categories, evaluation)
     callbacks = [*instantiate_group(run.get("callbacks")), evaluation, record]
     trainer = instantiate(run.trainer, callbacks=callbacks,
                           logger=instantiate_group(run.get("logger")) or False)
