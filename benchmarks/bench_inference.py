@@ -50,11 +50,11 @@ from _common import SHARED_DATA, HelpFormatter
 
 from instseg.data.categories import CategoryMap
 from instseg.data.images import read_rgb
-from instseg.evaluation.paste import paste_masks_to_binary
 from instseg.inference.optimize import optimize_for_inference
 from instseg.inference.predictor import Predictor
 from instseg.inference.winograd import WinogradConv2d
 from instseg.models.forward import _labelled_mask_logits
+from instseg.structures.masks import paste_masks_to_binary
 from instseg.utils.memory import reuse_freed_memory
 
 SAMPLE = SHARED_DATA / "coco-sample" / "images"

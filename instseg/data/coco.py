@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
@@ -39,8 +38,8 @@ from instseg.data.validation import (
     check_annotations,
     raise_on_errors,
     read_annotation_json,
-    to_rle,
 )
+from instseg.structures.masks import decode_mask, to_rle
 from instseg.utils.errors import InstsegError
 
 log = logging.getLogger(__name__)
@@ -183,9 +182,8 @@ def _rasterise(ann: dict, info: dict, size: tuple[int, int], scale_x: float,
     if isinstance(segmentation, list):
         scaled = [[v * (scale_x if i % 2 == 0 else scale_y) for i, v in enumerate(polygon)]
                   for polygon in segmentation]
-        return torch.from_numpy(mask_utils.decode(to_rle(scaled, *size)))
-    mask = torch.from_numpy(mask_utils.decode(to_rle(segmentation, info["height"],
-                                                     info["width"])))
+        return decode_mask(to_rle(scaled, *size), torch.uint8)
+    mask = decode_mask(to_rle(segmentation, info["height"], info["width"]), torch.uint8)
     if tuple(mask.shape) != size:
         mask = F.resize(mask[None], list(size), interpolation=F.InterpolationMode.NEAREST)[0]
     return mask

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_utils
+
+from instseg.structures.masks import encode_mask, mask_area, mask_box
 
 CATEGORIES = ("circle", "rectangle", "triangle", "star")
 GENERATOR_VERSION = 1
@@ -82,11 +83,10 @@ def _write_split(root, split, count, size, max_objects, min_visible_fraction, rn
 
 
 def _annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask))
+    rle = encode_mask(mask)
     return dict(
         id=ann_id, image_id=image_id, category_id=category_id, iscrowd=0,
-        segmentation=dict(size=rle["size"], counts=rle["counts"].decode("ascii")),
-        area=float(mask_utils.area(rle)), bbox=[float(v) for v in mask_utils.toBbox(rle)],
+        segmentation=rle, area=mask_area(rle), bbox=mask_box(rle),
     )
 
 

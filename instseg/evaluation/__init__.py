@@ -1,7 +1,6 @@
-"""COCO evaluation: the evaluator and its Lightning callback, compact per-image detections,
-bounded-memory COCOeval, pasting to RLE, results files."""
+"""COCO evaluation: the evaluator and its Lightning callback, bounded-memory COCOeval, results
+records and files."""
 
 from instseg.evaluation.coco import CocoEvaluator
-from instseg.evaluation.detections import ImageDetections
 
-__all__ = ["CocoEvaluator", "ImageDetections"]
+__all__ = ["CocoEvaluator"]

@@ -10,10 +10,10 @@ Contract (detectron2's evaluator shape):
     metrics = evaluator.evaluate()          # {"segm_mAP": ..., "bbox_mAP50": ..., ...}
 
 Masks are thresholded at 0.5 and RLE-encoded as they arrive, and each image's detections
-are kept compactly (`ImageDetections`); scoring builds COCO records a slice of images at a
-time, so memory stays bounded on large sets. Under torch.distributed the detections are
-gathered, images seen twice (a distributed
-sampler pads the last batch) are counted once, rank 0 computes and every rank receives the
+are kept compactly (`instseg.structures.Detections`, masks as RLE); scoring builds COCO
+records a slice of images at a time, so memory stays bounded on large sets. Under
+torch.distributed the detections are gathered, images seen twice (a distributed sampler pads
+the last batch) are counted once, rank 0 computes and every rank receives the
 same numbers, with pycocotools or faster-coco-eval (same numbers, faster;
 `instseg.evaluation.cocoeval.run_cocoeval` is the scoring step).
 """
@@ -30,7 +30,8 @@ from pycocotools.coco import COCO
 
 from instseg.data.categories import CategoryMap
 from instseg.evaluation.cocoeval import backend_ground_truth, run_cocoeval
-from instseg.evaluation.detections import ImageDetections, write_results
+from instseg.evaluation.records import write_results
+from instseg.structures.detections import Detections
 
 log = logging.getLogger(__name__)
 IOU_TYPES = ("bbox", "segm")
@@ -99,16 +100,17 @@ class CocoEvaluator:
 
     def reset(self) -> None:
         self.image_ids: list[int] = []
-        self.detections: list[ImageDetections] = []
+        self.detections: list[Detections] = []
         # Filled by evaluate() (on every rank): all ranks' detections, per-category AP, PR curves.
-        self.results: list[ImageDetections] = []
+        self.results: list[Detections] = []
         self.category_ap: dict[str, dict[str, float]] = {}
         self.pr_curves: dict[str, np.ndarray] = {}
 
     def process(self, image_ids: Sequence[int], outputs: Sequence[dict]) -> None:
         for image_id, output in zip(image_ids, outputs, strict=True):
             self.image_ids.append(int(image_id))
-            self.detections.append(ImageDetections.from_output(image_id, output, self.categories))
+            category_ids = self.categories.to_category_ids(output["labels"].cpu())
+            self.detections.append(Detections.from_output(output, category_ids, image_id))
 
     def evaluate(self) -> dict[str, float]:
         """Flat metrics `{iou_type}_{stat}` over every image processed on any rank."""
@@ -123,15 +125,15 @@ class CocoEvaluator:
         metrics, self.category_ap, self.pr_curves = computed
         return metrics
 
-    def score(self, image_ids: Sequence[int], results: Sequence[dict | ImageDetections]):
+    def score(self, image_ids: Sequence[int], results: Sequence[dict | Detections]):
         """(flat metrics, {iou_type: {category name: AP}}, {iou_type: PR curve [IoU, 101]})
-        of `results` (COCO records and/or ImageDetections) on `image_ids`."""
+        of `results` (COCO records and/or Detections) on `image_ids`."""
         metrics: dict[str, float] = {}
         category_ap: dict[str, dict[str, float]] = {}
         pr_curves: dict[str, np.ndarray] = {}
         for iou_type in self.iou_types:
             if self.verbose:
-                count = sum(len(r) if isinstance(r, ImageDetections) else 1 for r in results)
+                count = sum(len(r) if isinstance(r, Detections) else 1 for r in results)
                 print(f"COCO {iou_type} ({len(image_ids)} images, {count} detections):")
             # Mask AP takes each detection's area from its mask, as detectron2 does.
             evaluator = run_cocoeval(self._backend_gt, results, iou_type, self.backend,
@@ -162,7 +164,7 @@ class CocoEvaluator:
                         path, left_out)
         return written
 
-    def _gather(self) -> tuple[list[int], list[ImageDetections]]:
+    def _gather(self) -> tuple[list[int], list[Detections]]:
         if not dist.is_initialized():
             return self.image_ids, self.detections
         parts: list = [None] * dist.get_world_size()

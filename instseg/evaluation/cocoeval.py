@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from pycocotools.coco import COCO
 
-from instseg.evaluation.detections import ImageDetections, records_by_image, records_of
+from instseg.evaluation.records import records_by_image, records_of
+from instseg.structures.detections import Detections
 
 BACKENDS = ("faster_coco_eval", "pycocotools")
 # Detections loaded and matched at a time (~0.1 GB at COCO-like sizes).
@@ -35,7 +36,7 @@ _EVALUATIONS = {"COCOeval": "evalImgs", "COCOeval_faster": "_evalImgs_cpp"}
 
 def run_cocoeval(
     coco_gt: COCO,
-    results: Sequence[dict | ImageDetections],
+    results: Sequence[dict | Detections],
     iou_type: str,
     backend: str = "faster_coco_eval",
     image_ids: Iterable[int] | None = None,
@@ -45,7 +46,7 @@ def run_cocoeval(
 ):
     """The accumulated and summarised COCOeval of `results` against `coco_gt`.
 
-    `results` are COCO results records and/or `ImageDetections`, treated exactly as
+    `results` are COCO results records and/or `Detections`, treated exactly as
     `COCO.loadRes` treats records (mask_areas: see `records_of`). `image_ids` restricts
     evaluation (default: all gt images). `coco_gt` may already be the backend's COCO class
     (`backend_ground_truth`), to index once. The returned evaluator's `eval`, `stats` and
@@ -107,10 +108,10 @@ def _plan(image_ids: list[int], category_ids: list[int], by_image: dict,
     return plan
 
 
-def _category_counts(items: Sequence[dict | ImageDetections]) -> Counter:
+def _category_counts(items: Sequence[dict | Detections]) -> Counter:
     counts: Counter = Counter()
     for item in items:
-        if isinstance(item, ImageDetections):
+        if isinstance(item, Detections):
             counts.update(item.category_ids.tolist())
         else:
             counts[item["category_id"]] += 1

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from instseg.structures.masks import json_rle, to_rle
 from instseg.utils.errors import InstsegError
 
 IOU_TYPES = ("bbox", "segm")  # instseg.evaluation.coco's order
@@ -133,8 +133,7 @@ def _compressed_rle(segmentation, height: int, width: int, where: str) -> dict:
     if (isinstance(segmentation, list) and segmentation
             and all(_is_polygon(polygon) for polygon in segmentation)):
         # One RLE per detection, its polygons merged: as loadRes and annToRLE make them.
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-        return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+        return json_rle(to_rle(segmentation, height, width))
     raise InstsegError(f"{where}: segmentation must be an RLE {{size, counts}} or a list of "
                        f"polygons [x1, y1, x2, y2, ...] of 3 points or more")
 
@@ -153,8 +152,7 @@ def _rle_of_dict(rle: dict, height: int, width: int, where: str) -> dict:
         return rle
     if (isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts)
             and sum(counts) == height * width):  # uncompressed: runs covering the image
-        compressed = mask_utils.frPyObjects(rle, height, width)
-        return {"size": [height, width], "counts": compressed["counts"].decode("ascii")}
+        return json_rle(to_rle(rle, height, width))
     raise InstsegError(f"{where}: segmentation counts must be a compressed RLE string or a "
                        f"list of run lengths summing to height x width = {height * width}")
 

@@ -2,21 +2,22 @@
 
 Contract:
     Predictor(net, categories, score_threshold=0.7, min_size=None, max_size=None, device=...)
-    predictor(image) -> Instances
+    predictor(image) -> Detections (instseg.structures), those scoring >= score_threshold
         image: a path, a PIL image, a numpy array HxWx3 uint8, or a tensor [3, H, W] (uint8,
         or float in [0, 1]); pixels as stored (no EXIF rotation, as in the datasets).
-    Instances: boxes float32 [N, 4] XYXY in image pixels, scores [N], category_ids [N] (the
-        dataset's ids; COCO ids for COCO weights), class_names (N), masks bool [N, H, W]
-        (mask probabilities > 0.5), and records: the same detections as COCO results records
-        with RLE masks, exactly as evaluate.py writes them for the same model and image.
+        Detections: boxes float32 [N, 4] XYXY in image pixels, scores [N], category_ids
+        int64 [N] (the dataset's ids; COCO ids for COCO weights), class_names (N), masks bool
+        [N, H, W] (mask probabilities > 0.5), and .records(): the same detections as COCO
+        results records with RLE masks, exactly as evaluate.py writes them for the same model
+        and image.
+    predictor.predict(images) -> [Detections], one per image (one batch).
+    predictor.render(image, detections, side_by_side=False) -> uint8 [3, H, W] (or [3, H, 2W]).
 min_size/max_size override the model's resize (800/1333 for the COCO models; a checkpoint
 keeps the size it was trained at when they are None).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -29,33 +30,12 @@ from instseg import configs
 from instseg.checkpoints.build import module_from_checkpoint, module_from_pretrained
 from instseg.data.categories import CategoryMap
 from instseg.data.images import read_rgb
-from instseg.evaluation.detections import ImageDetections
-from instseg.evaluation.paste import paste_masks_to_binary
 from instseg.inference.optimize import optimize_for_inference
 from instseg.models.forward import predict_unpasted
+from instseg.structures.detections import Detections
 from instseg.utils.errors import InstsegError
 
 AUTOCAST = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
-
-
-@dataclass
-class Instances:
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    category_ids: torch.Tensor
-    class_names: list[str]
-    masks: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    @cached_property
-    def records(self) -> list[dict]:
-        """COCO results records (image_id 0), built when first asked for (RLE-encoding every
-        mask is not free); the RLEs equal those evaluate.py pastes from the same
-        probabilities."""
-        output = {"boxes": self.boxes, "scores": self.scores, "masks": self.masks[:, None]}
-        return ImageDetections.from_category_ids(0, output, self.category_ids.tolist()).records()
 
 
 class Predictor:
@@ -102,39 +82,32 @@ class Predictor:
         module, categories = module_from_pretrained(cfg)
         return cls(module.net, categories, **kwargs)
 
-    def __call__(self, image) -> Instances:
+    def __call__(self, image) -> Detections:
         return self.predict([image])[0]
 
-    def predict(self, images: list) -> list[Instances]:
+    def predict(self, images: list) -> list[Detections]:
         batch = [_float_image(image).to(self.device) for image in images]
         with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                             enabled=self.autocast_dtype is not None):
             outputs = predict_unpasted(self.net, batch)
-        return [self._instances(output) for output in outputs]
+        return [self._detections(output) for output in outputs]
 
-    def render(self, image, instances: Instances, side_by_side: bool = False) -> torch.Tensor:
-        """The image with the instances drawn (uint8 [3, H, W]); with side_by_side, the input
+    def render(self, image, detections: Detections, side_by_side: bool = False) -> torch.Tensor:
+        """The image with the detections drawn (uint8 [3, H, W]); with side_by_side, the input
         and the overlay next to each other ([3, H, 2W])."""
-        from instseg.inference.render import draw_instances
+        from instseg.inference.render import draw_detections
 
         pixels = to_uint8_image(image)
-        overlay = draw_instances(pixels, instances)
+        overlay = draw_detections(pixels, detections)
         return torch.cat([pixels, overlay], dim=2) if side_by_side else overlay
 
-    def _instances(self, output: dict) -> Instances:
+    def _detections(self, output: dict) -> Detections:
         keep = output["scores"] >= self.score_threshold
-        boxes = output["boxes"][keep].float().cpu()
-        labels = output["labels"][keep].cpu()
-        scores = output["scores"][keep].float().cpu()
-        masks = paste_masks_to_binary(output["mask_probs"][keep].float().cpu(), boxes,
-                                      output["image_size"])
-        category_ids = torch.as_tensor(self.categories.to_category_ids(labels),
-                                       dtype=torch.int64)
-        return Instances(
-            boxes=boxes, scores=scores,
-            category_ids=category_ids, masks=masks,
-            class_names=[self.names[int(c)] for c in category_ids],
-        )
+        kept = {key: value[keep] for key, value in output.items() if key != "image_size"}
+        category_ids = self.categories.to_category_ids(kept["labels"].cpu())
+        return Detections.from_output(
+            {**kept, "image_size": output["image_size"]}, category_ids,
+            class_names=[self.names[c] for c in category_ids], as_rle=False)
 
 
 def to_uint8_image(image) -> torch.Tensor:

@@ -11,19 +11,21 @@ from pathlib import Path
 import torch
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+from instseg.structures.detections import Detections
 
-def draw_instances(image: torch.Tensor, instances, alpha: float = 0.5) -> torch.Tensor:
-    """uint8 [3, H, W] image with `instances` (an `Instances`) drawn on a copy."""
-    if len(instances) == 0:
+
+def draw_detections(image: torch.Tensor, detections: Detections,
+                    alpha: float = 0.5) -> torch.Tensor:
+    """uint8 [3, H, W] image with the detections (masks of H x W, if any) drawn on a copy."""
+    if len(detections) == 0:
         return image.clone()
-    colors = [category_color(int(c)) for c in instances.category_ids]
-    overlay = draw_segmentation_masks(image, instances.masks, alpha=alpha, colors=colors)
-    labels = [f"{name} {score:.2f}"
-              for name, score in zip(instances.class_names, instances.scores.tolist(),
-                                     strict=True)]
+    colors = [category_color(c) for c in detections.category_ids.tolist()]
+    overlay = image
+    if detections.has_masks:
+        overlay = draw_segmentation_masks(image, detections.masks, alpha=alpha, colors=colors)
     font = label_font()
     return draw_bounding_boxes(
-        overlay, instances.boxes, labels=labels, colors=colors, width=2,
+        overlay, detections.boxes, labels=detections.captions(), colors=colors, width=2,
         font=font, font_size=max(12, image.shape[-2] // 45) if font else None,
     )
 

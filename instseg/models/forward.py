@@ -12,7 +12,7 @@ Returns:
     float [N], "labels" int64 [N] (the model's contiguous labels), "mask_probs" float
     [N, 1, M, M] (the mask head's probabilities, M = 28 for torchvision's head, instead of
     torchvision's pasted "masks" [N, 1, H, W]) and "image_size" (H, W) of the original image.
-The evaluator pastes the probabilities straight into RLE (`instseg.evaluation.paste`), with
+The evaluator pastes the probabilities straight into RLE (`instseg.structures.masks`), with
 identical results to torchvision's pasting.
 """
 

@@ -16,7 +16,7 @@ Contract:
         -> the PNGs written, one per image, `<image id>_<file stem>.png`: the image with its
         ground truth (category-coloured masks, boxes and class names); with `predictions`, the
         ground truth (left) and the predictions scoring >= score_threshold (right, with
-        scores, drawn by instseg.inference.render.draw_instances) side by side, twice the width.
+        scores, drawn by instseg.inference.render.draw_detections) side by side, twice the width.
         Crowd regions (iscrowd=1) are drawn hatched (diagonal stripes in their category's
         colour) with a thin box labelled "<name> (crowd)", so that they are not mistaken for
         instances. Images that cannot be read, or whose size is not the json's, are logged and
@@ -34,11 +34,9 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from rich.console import Console
 from rich.table import Table
@@ -46,9 +44,9 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from instseg.data.coco import load_checked
 from instseg.data.images import UnreadableImage, read_rgb
-from instseg.data.validation import to_rle
-from instseg.inference.predictor import Instances
-from instseg.inference.render import category_color, draw_instances, label_font
+from instseg.inference.render import category_color, draw_detections, label_font
+from instseg.structures.detections import Detections
+from instseg.structures.masks import decode_masks, to_rle
 from instseg.tasks.check import dataset_split
 from instseg.utils.errors import InstsegError
 
@@ -118,7 +116,10 @@ def draw_ground_truth(image: torch.Tensor, annotations: list[dict], coco: COCO,
 
 
 def _masks(coco: COCO, annotations: list[dict]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([coco.annToMask(a) for a in annotations])).bool()
+    info = coco.imgs[annotations[0]["image_id"]]
+    height, width = info["height"], info["width"]
+    return decode_masks([to_rle(a["segmentation"], height, width) for a in annotations],
+                        height, width)
 
 
 def _colors(annotations: list[dict]) -> list[tuple[int, int, int]]:
@@ -146,34 +147,23 @@ def _draw_boxes(image: torch.Tensor, annotations: list[dict], coco: COCO, suffix
                                font_size=max(12, height // 45) if font else None)
 
 
-def prediction_instances(records: list[dict], coco: COCO, height: int, width: int,
-                         score_threshold: float) -> Instances:
-    """The records scoring >= score_threshold as `Instances` (masks decoded at H x W); records
-    whose RLE is of another size than the image are logged and left out."""
-    kept, masks = [], []
+def prediction_detections(records: list[dict], coco: COCO, height: int, width: int,
+                          score_threshold: float) -> Detections:
+    """The records scoring >= score_threshold as `Detections`, best first (masks decoded at
+    H x W); records whose RLE is of another size than the image are logged and left out."""
+    kept = []
     for record in sorted(records, key=lambda r: r["score"], reverse=True):
         if record["score"] < score_threshold:
             continue
-        rle = to_rle(record["segmentation"], height, width)
-        if list(rle["size"]) != [height, width]:
+        size = to_rle(record["segmentation"], height, width)["size"]
+        if list(size) != [height, width]:
             log.warning("image %s: a prediction's mask is %s, the image %dx%d: not drawn",
-                        record["image_id"], rle["size"], height, width)
+                        record["image_id"], size, height, width)
             continue
-        kept.append((record, rle))
-        masks.append(mask_utils.decode(rle))
-    boxes = torch.zeros((len(kept), 4))
-    for k, (record, rle) in enumerate(kept):
-        boxes[k] = torch.tensor(record.get("bbox") or mask_utils.toBbox(rle).tolist())
-    boxes[:, 2:] += boxes[:, :2]  # x y w h -> x0 y0 x1 y1
-    category_ids = [int(r["category_id"]) for r, _ in kept]
-    return Instances(
-        boxes=boxes, scores=torch.tensor([float(r["score"]) for r, _ in kept]),
-        category_ids=torch.tensor(category_ids, dtype=torch.int64),
-        class_names=[coco.cats[c]["name"] if c in coco.cats else f"category {c}"
-                     for c in category_ids],
-        masks=(torch.from_numpy(np.stack(masks)).bool() if masks
-               else torch.zeros((0, height, width), dtype=torch.bool)),
-    )
+        kept.append(record)
+    names = [coco.cats[c]["name"] if c in coco.cats else f"category {c}"
+             for c in (int(r["category_id"]) for r in kept)]
+    return Detections.from_records(kept, height, width, class_names=names)
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -196,9 +186,9 @@ def render_ground_truth(coco: COCO, image_dir: str | Path, image_ids: Iterable[i
             continue
         panel = draw_ground_truth(pixels, coco.imgToAnns.get(image_id, []), coco, alpha)
         if predictions is not None:
-            instances = prediction_instances(predictions.get(image_id, []), coco,
-                                             info["height"], info["width"], score_threshold)
-            panel = torch.cat([panel, draw_instances(pixels, instances, alpha)], dim=2)
+            detections = prediction_detections(predictions.get(image_id, []), coco,
+                                               info["height"], info["width"], score_threshold)
+            panel = torch.cat([panel, draw_detections(pixels, detections, alpha)], dim=2)
         path = output_dir / f"{image_id}_{Path(info['file_name']).stem}.png"
         Image.fromarray(panel.permute(1, 2, 0).numpy()).save(path)
         written.append(path)

@@ -92,13 +92,13 @@ def run_demo(predictor: Predictor, files: list[Path], output_dir: Path,
 
 def _image(predictor, path, output_dir, stem, side_by_side) -> dict:
     pixels = read_rgb(path)
-    instances = predictor(pixels)
-    write_png(predictor.render(pixels, instances, side_by_side), str(output_dir / f"{stem}.png"))
-    records = [dict(r, image_id=1) for r in instances.records]
+    detections = predictor(pixels)
+    write_png(predictor.render(pixels, detections, side_by_side), str(output_dir / f"{stem}.png"))
+    records = [dict(r, image_id=1) for r in detections.records()]
     (output_dir / f"{stem}.json").write_text(json.dumps(records))
     return {"file": str(path), "height": pixels.shape[1], "width": pixels.shape[2],
             "overlay": f"{stem}.png", "detections_file": f"{stem}.json",
-            "detections": len(instances), "classes": instances.class_names}
+            "detections": len(detections), "classes": detections.class_names}
 
 
 def _video(predictor, path, output_dir, stem, side_by_side, video_output, progress) -> dict:
@@ -109,15 +109,15 @@ def _video(predictor, path, output_dir, stem, side_by_side, video_output, progre
     records, classes, size, number = [], [], (0, 0), 0
     try:
         for number, frame in enumerate(read_frames(path), start=1):
-            instances = predictor(frame)
-            overlay = predictor.render(frame, instances, side_by_side)
+            detections = predictor(frame)
+            overlay = predictor.render(frame, detections, side_by_side)
             if writer is None:
                 frames_dir.mkdir(exist_ok=True)
                 write_png(overlay, str(frames_dir / f"{number:06d}.png"))
             else:
                 writer.write(overlay)
-            records += [dict(r, image_id=number) for r in instances.records]
-            classes += instances.class_names
+            records += [dict(r, image_id=number) for r in detections.records()]
+            classes += detections.class_names
             size = tuple(frame.shape[1:])
             progress.advance(task)
     finally:

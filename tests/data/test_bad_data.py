@@ -17,8 +17,9 @@ from PIL import Image
 
 from instseg.data.categories import CategoryMap
 from instseg.data.coco import CocoInstances, collate, load_checked
-from instseg.data.validation import CheckedAnnotations, Problem, check_split, to_rle
+from instseg.data.validation import CheckedAnnotations, Problem, check_split
 from instseg.evaluation.coco import CocoEvaluator
+from instseg.structures.masks import to_rle
 from instseg.utils.errors import InstsegError
 from tests.conftest import shared_data
 

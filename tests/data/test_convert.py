@@ -21,7 +21,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from instseg.data.convert import convert_labelme, convert_voc, convert_yolo, main
-from instseg.data.validation import check_annotations, to_rle
+from instseg.data.validation import check_annotations
+from instseg.structures.masks import to_rle
 from instseg.utils.errors import InstsegError
 from tests.conftest import ROOT, compose_config, shared_data
 

@@ -113,7 +113,7 @@ def test_every_stat_uses_the_same_image_set_as_pycocotools(hard_case):
 def test_evaluating_in_slices_of_images_equals_one_evaluation(hard_case, backend, iou_type):
     """Memory-bounded slices of categories and images (~5 detections each) give exactly one
     COCOeval's numbers."""
-    from instseg.evaluation.detections import records_by_image
+    from instseg.evaluation.records import records_by_image
 
     results = [r for r in _perturbed_results(hard_case, seed=3, drop_images={2})
                if "segmentation" in r]

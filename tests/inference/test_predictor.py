@@ -27,8 +27,8 @@ def test_predictor_returns_the_detections_evaluate_writes(predictor, tiny_checkp
     for info in annotations["images"][:3]:
         instances = predictor(tiny_shapes / "val" / info["file_name"])
         expected = [r for r in written if r["image_id"] == info["id"]]
-        assert len(instances.records) == len(expected) > 0
-        for ours, theirs in zip(instances.records, expected, strict=True):
+        assert len(instances.records()) == len(expected) > 0
+        for ours, theirs in zip(instances.records(), expected, strict=True):
             assert ours["category_id"] == theirs["category_id"]
             assert ours["segmentation"] == theirs["segmentation"]
             np.testing.assert_allclose(ours["bbox"], theirs["bbox"], rtol=0, atol=1e-3)
@@ -43,7 +43,7 @@ def test_same_instances_from_path_pil_array_and_tensors(predictor, tiny_shapes):
               scaled]
     results = [predictor(image) for image in inputs]
     for result in results[1:]:
-        assert result.records == results[0].records
+        assert result.records() == results[0].records()
     first = results[0]
     assert first.masks.dtype == torch.bool and tuple(first.masks.shape[1:]) == (96, 96)
     assert len(first.class_names) == len(first) == len(first.boxes)

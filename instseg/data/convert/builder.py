@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from pycocotools import mask as mask_utils
 
 from instseg.data.images import UnreadableImage, read_header
-from instseg.data.validation import to_rle
+from instseg.structures.masks import mask_area, mask_box, to_rle
 from instseg.utils.errors import InstsegError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -249,8 +248,8 @@ def rounded(polygons: list[np.ndarray]) -> list[list[float]]:
 def instance(category: str, segmentation, rle: dict) -> dict:
     """An instance: its segmentation as given, area and bbox of `rle` (its mask); Skip when
     the mask is empty."""
-    area = float(mask_utils.area(rle))
+    area = mask_area(rle)
     if area == 0:
         raise Skip("no pixels", f"{category!r} instance covers no pixel of the image: skipped")
     return {"category": category, "segmentation": segmentation, "area": area,
-            "bbox": [float(v) for v in mask_utils.toBbox(rle)]}
+            "bbox": mask_box(rle)}

@@ -28,7 +28,7 @@ from instseg.data.convert.builder import (
     polygon_instance,
     rounded,
 )
-from instseg.data.validation import to_rle
+from instseg.structures.masks import json_rle, to_rle
 
 IGNORE = "__ignore__"  # labelme: a region left out of training and scoring (a crowd region)
 SUPPORTED_SHAPES = ("polygon", "rectangle")
@@ -174,6 +174,5 @@ def _labelme_instance(key: tuple, members: Shapes, names: list[str] | None, widt
 def _ignore_region(polygons: list[np.ndarray], width: int, height: int) -> dict:
     """A crowd instance: the compressed RLE (counts a str) of the rounded polygons' mask,
     COCO's form for iscrowd=1; Skip when it covers no pixel."""
-    rle = to_rle(rounded(polygons), height, width)
-    rle = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}  # json: a str
+    rle = json_rle(to_rle(rounded(polygons), height, width))
     return {**instance(IGNORE, rle, rle), "iscrowd": 1}

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pycocotools import mask as mask_utils
 
 from instseg.data.convert.builder import (
     IMAGE_SUFFIXES,
@@ -27,6 +26,7 @@ from instseg.data.convert.builder import (
     image_size,
     instance,
 )
+from instseg.structures.masks import encode_mask
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -78,8 +78,7 @@ def _object_instance(mask: np.ndarray, classes: np.ndarray, names: list[str],
                      what: str) -> dict:
     """The instance of one object's mask, as a compressed RLE; Skip without a class."""
     category = _majority_class(classes[mask], names, what)
-    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
-    rle["counts"] = rle["counts"].decode("ascii")  # json: a str
+    rle = encode_mask(mask)
     return instance(category, rle, rle)
 
 
