@@ -35,4 +35,4 @@ def test_notebook_executes_and_writes_the_side_by_side_png(tmp_path, tiny_checkp
     width, height = Image.open(output).size
     assert width > 1.5 * height  # two photos next to each other
     printed = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
-    assert "instances" in printed and "saved" in printed
+    assert "detections" in printed and "saved" in printed
