@@ -29,13 +29,6 @@ CLOSED_PORT_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens th
 
 
 def pytest_configure(config) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        # pytest -n N: N workers share the cores; one thread each (and in the processes
-        # they start) instead of N x cores threads competing.
-        import torch
-
-        os.environ["OMP_NUM_THREADS"] = "1"
-        torch.set_num_threads(1)
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         os.environ[name] = CLOSED_PORT_PROXY
     for name in ("no_proxy", "NO_PROXY"):
