@@ -49,3 +49,16 @@ def test_other_options_compose(name, tmp_path):
 def test_evaluate_config_composes(tmp_path):
     cfg = compose_config("evaluate", ["ckpt=x.ckpt", "data=coco"], tmp_path)
     assert cfg.ckpt == "x.ckpt" and cfg.data._target_ == "instseg.data.CocoDataModule"
+
+
+@pytest.mark.parametrize("augment", [*_options("augment"), "[lsj,copy_paste,photometric]"])
+def test_augment_options_instantiate_with_the_data_module(augment, tmp_path):
+    from instseg.data.copy_paste import CopyPaste
+
+    cfg = compose_config("train", [f"augment={augment}"], tmp_path)
+    datamodule = instantiate(cfg.data)
+    steps = [type(t).__name__ for t in datamodule.train_transforms.transforms]
+    assert "RandomHorizontalFlip" in steps
+    assert ("ScaleJitter" in steps and "TightBoxes" in steps) == ("lsj" in augment)
+    assert ("RandomPhotometricDistort" in steps) == ("photometric" in augment)
+    assert isinstance(datamodule.copy_paste, CopyPaste) == ("copy_paste" in augment)

@@ -197,3 +197,17 @@ def test_the_coco_r50_fpn_experiment_resumes_exactly_from_a_periodic_checkpoint(
     checkpoint = straight / "checkpoints" / "step-6.ckpt"
     _train(tmp_path, resumed, *overrides, f"ckpt_path={checkpoint}")
     _assert_repeats(straight, resumed, from_step=6, steps=8)
+
+
+@pytest.mark.slow
+def test_multiscale_lsj_and_copy_paste_resume_exactly(tmp_path):
+    """The default config with augment=[multiscale,lsj,copy_paste] (sizes and canvas cut to
+    the shapes' 160 px): the per-sample jitter and crop, the batch's pasting and the model's
+    size draws all repeat after a mid-epoch resume."""
+    augmented = ["augment=[multiscale,lsj,copy_paste]", "model.net.min_size=[128,144,160]",
+                 "model.net.max_size=160", "data.train_transforms.crop_size=[160,160]"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _train(tmp_path, straight, *SHAPES, *LOGGING, *augmented)
+    checkpoint = straight / "checkpoints" / "step-2.ckpt"
+    _train(tmp_path, resumed, *SHAPES, *LOGGING, *augmented, f"ckpt_path={checkpoint}")
+    _assert_repeats(straight, resumed, from_step=2, steps=STEPS)

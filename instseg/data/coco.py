@@ -93,9 +93,13 @@ class CocoInstances(Dataset):
         checked: CheckedAnnotations | None = None,
         categories: CategoryMap | None = None,
         max_image_side: int = MAX_IMAGE_SIDE,
+        crowd_regions: bool = False,
     ) -> None:
         """`checked`: the already checked `annotation_file` (with `image_dir`), to share one
-        copy with an evaluator; `categories`: the model's label space (default: the json's)."""
+        copy with an evaluator; `categories`: the model's label space (default: the json's);
+        `crowd_regions`: training targets also carry the image's crowd regions (iscrowd=1)
+        as "crowd_masks" uint8 [K, H, W], moved by the augmentations with the image (the
+        model does not train on them; instseg-browse draws them)."""
         self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
         if not self.image_dir.is_dir():
@@ -111,6 +115,7 @@ class CocoInstances(Dataset):
         self.train = train
         self.transforms = transforms
         self.max_image_side = max_image_side
+        self.crowd_regions = crowd_regions
         self.annotations = self.checked.train_annotations if train else {}
         missing = self.checked.skipped_images()
         ids = sorted(i for i in self.checked.images if i not in missing)
@@ -132,6 +137,8 @@ class CocoInstances(Dataset):
             log.warning("skipped image: %s", error)
             return None
         target = {"image_id": image_id}
+        if draw_seed is not None:  # batch-level augmentation (copy-paste) seeds from it
+            target["sample_seed"] = _sample_seed(draw_seed, index)
         if self.train:
             image = self._downscaled(image)
             target.update(self._targets(image_id, info, tuple(image.shape[-2:])))
@@ -167,11 +174,17 @@ class CocoInstances(Dataset):
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32)
         boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
         boxes *= torch.tensor([scale_x, scale_y, scale_x, scale_y])
-        return {
+        targets = {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=size),
             "masks": tv_tensors.Mask(masks),
             "labels": self.categories.to_labels([a["category_id"] for a in anns]),
         }
+        if self.crowd_regions:
+            crowd = [a for a in self.coco.imgToAnns.get(image_id, []) if a.get("iscrowd", 0)]
+            regions = [_rasterise(a, info, size, scale_x, scale_y) for a in crowd]
+            targets["crowd_masks"] = tv_tensors.Mask(
+                torch.stack(regions) if regions else torch.zeros((0, *size), dtype=torch.uint8))
+        return targets
 
 
 def _rasterise(ann: dict, info: dict, size: tuple[int, int], scale_x: float,
@@ -195,8 +208,12 @@ def _seeded_rng(draw_seed: int | None, index: int):
         yield
         return
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed((draw_seed * 1_000_003 + index) % 2**63)
+        torch.manual_seed(_sample_seed(draw_seed, index))
         yield
+
+
+def _sample_seed(draw_seed: int, index: int) -> int:
+    return (draw_seed * 1_000_003 + index) % 2**63
 
 
 class Batch(NamedTuple):
@@ -208,10 +225,14 @@ class Batch(NamedTuple):
     skipped: int = 0
 
 
-def collate(samples) -> Batch:
+def collate(samples, copy_paste: Callable | None = None) -> Batch:
+    """The readable samples as a Batch; `copy_paste(images, targets)` mixes them if given
+    (instseg.data.copy_paste.CopyPaste, training only)."""
     kept = [sample for sample in samples if sample is not None]
     images = [image for image, _ in kept]
     targets = [target for _, target in kept]
+    if copy_paste is not None:
+        images, targets = copy_paste(images, targets)
     return Batch(images, targets, len(samples) - len(kept))
 
 

@@ -9,7 +9,7 @@ model's label space, the same unless `use_label_space` set a wider one (pretrain
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from instseg.data.categories import CategoryMap
 from instseg.data.coco import MAX_IMAGE_SIDE, CocoInstances, collate, load_checked
+from instseg.data.copy_paste import CopyPaste
 from instseg.data.samplers import (
     EpochSampler,
     GroupedBatchSampler,
@@ -27,7 +28,7 @@ from instseg.data.samplers import (
     aspect_ratio_groups,
 )
 from instseg.data.synthetic import generate_shapes
-from instseg.data.transforms import detection_transforms
+from instseg.data.transforms import evaluation_transforms, training_transforms
 from instseg.data.validation import CheckedAnnotations
 from instseg.utils.errors import InstsegError
 
@@ -53,8 +54,12 @@ class CocoDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         group_aspect_ratio: bool = False,
         max_image_side: int = MAX_IMAGE_SIDE,
+        copy_paste: CopyPaste | None = None,
     ) -> None:
-        """`max_image_side`: training images with a longer side are downscaled when read."""
+        """`max_image_side`: training images with a longer side are downscaled when read.
+        `train_transforms`: instseg.data.transforms.training_transforms(...) (default: a
+        horizontal flip with probability 0.5); `copy_paste`: pasting between the training
+        images of a batch (instseg.data.copy_paste), or None."""
         super().__init__()
         base = Path(root) if root is not None else Path()
         self.paths = {
@@ -64,8 +69,9 @@ class CocoDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
-        self.train_transforms = train_transforms or detection_transforms(hflip_prob=0.5)
-        self.val_transforms = val_transforms or detection_transforms()
+        self.train_transforms = train_transforms or training_transforms()
+        self.val_transforms = val_transforms or evaluation_transforms()
+        self.copy_paste = copy_paste
         self.pin_memory = pin_memory
         self.group_aspect_ratio = group_aspect_ratio
         self.max_image_side = max_image_side
@@ -164,7 +170,7 @@ class CocoDataModule(pl.LightningDataModule):
                                             start=start)
         return ResumableDataLoader(
             self.train_set, batch_sampler=batches, num_workers=self.num_workers,
-            collate_fn=collate, pin_memory=self.pin_memory,
+            collate_fn=partial(collate, copy_paste=self.copy_paste), pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             # a generator of its own: creating an iterator draws no number from the global RNG
             generator=torch.Generator().manual_seed(seed),

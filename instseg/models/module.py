@@ -35,6 +35,9 @@ from instseg.models.nonfinite import NonFiniteGuard
 from instseg.models.optimizers import build_optimizer
 from instseg.utils.memory import reuse_freed_memory
 
+# What torchvision's Mask R-CNN reads of a target; the rest (image_id, seeds, counts) is ours.
+TARGET_KEYS = ("boxes", "labels", "masks")
+
 
 class MaskRCNNModule(pl.LightningModule):
     """`net` is a torchvision `MaskRCNN`; `optimizer(params)` and `scheduler(optimizer,
@@ -61,8 +64,15 @@ class MaskRCNNModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.nonfinite = NonFiniteGuard(nonfinite_loss)
         self.skipped_images = 0  # this process's count since the run (or resume) started
+        self.dropped_instances = 0  # the run's instances augmentation cropped away (resumed)
         self.reuse_memory = reuse_memory
         self.fused_optimizer = fused_optimizer
+
+    def _count_dropped(self, targets: list[dict]) -> None:
+        dropped = sum(int(t.get("dropped_instances", 0)) for t in targets)
+        if dropped:  # each augmentation op counts what it drops (instseg.data.transforms)
+            self.dropped_instances += dropped
+            self.log("train/dropped_instances", float(self.dropped_instances))
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return self.net(images)
@@ -90,7 +100,8 @@ class MaskRCNNModule(pl.LightningModule):
         # skipping alone would leave the others waiting in DDP's gradient all-reduce).
         if not self.trainer.strategy.reduce_boolean_decision(bool(images), all=True):
             return None
-        targets = [{k: v for k, v in t.items() if k != "image_id"} for t in targets]
+        self._count_dropped(targets)
+        targets = [{k: v for k, v in t.items() if k in TARGET_KEYS} for t in targets]
         self.nonfinite.before_forward(self.net)
         losses = self.net(images, targets)
         if not self.nonfinite.check(self, losses):  # NaN/Inf: raises, or skips this update
@@ -134,6 +145,8 @@ class MaskRCNNModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite.check_saved(checkpoint["state_dict"], self.global_step)
         checkpoint["instseg_skipped_steps"] = self.nonfinite.skipped
+        checkpoint["instseg_dropped_instances"] = self.dropped_instances
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite.skipped = checkpoint.get("instseg_skipped_steps", 0)
+        self.dropped_instances = checkpoint.get("instseg_dropped_instances", 0)

@@ -8,7 +8,7 @@ from torchvision.ops import masks_to_boxes
 
 from instseg.data.coco import CocoInstances
 from instseg.data.datamodule import CocoDataModule
-from instseg.data.transforms import detection_transforms
+from instseg.data.transforms import evaluation_transforms, training_transforms
 from instseg.utils.errors import InstsegError
 from tests.conftest import shared_data
 
@@ -32,7 +32,7 @@ def _check_samples(dataset: CocoInstances, tolerance: float) -> int:
 
 def test_shapes_targets(tiny_shapes):
     dataset = CocoInstances(tiny_shapes / "train", tiny_shapes / "annotations/instances_train.json",
-                            train=True, transforms=detection_transforms())
+                            train=True, transforms=evaluation_transforms())
     assert _check_samples(dataset, tolerance=1e-4) > 0
     image, _ = dataset[0]
     assert image.dtype == torch.float32 and image.min() >= 0 and image.max() <= 1
@@ -63,7 +63,7 @@ def test_coco128_seg_skips_unannotated_images_for_training_only():
 
 def test_horizontal_flip_moves_boxes_with_masks(tiny_shapes):
     dataset = CocoInstances(tiny_shapes / "train", tiny_shapes / "annotations/instances_train.json",
-                            train=True, transforms=detection_transforms(hflip_prob=1.0))
+                            train=True, transforms=training_transforms(hflip_prob=1.0))
     plain = CocoInstances(tiny_shapes / "train", tiny_shapes / "annotations/instances_train.json",
                           train=True)
     _, flipped = dataset[0]
