@@ -53,7 +53,7 @@ from instseg.data.images import read_rgb
 from instseg.inference.optimize import optimize_for_inference
 from instseg.inference.predictor import Predictor
 from instseg.inference.winograd import WinogradConv2d
-from instseg.models.forward import _labelled_mask_logits
+from instseg.models.forward import labelled_mask_logits
 from instseg.structures.masks import paste_masks_to_binary
 from instseg.utils.memory import reuse_freed_memory
 
@@ -258,7 +258,7 @@ def stage_seconds(net, image: torch.Tensor, size: int, runs: int) -> dict[str, f
         return heads.box_predictor(heads.box_head(pooled))
 
     def mask_head(pooled, labels):
-        return _labelled_mask_logits(heads.mask_predictor, heads.mask_head(pooled),
+        return labelled_mask_logits(heads.mask_predictor, heads.mask_head(pooled),
                                      labels).sigmoid()
 
     for _ in range(runs + 1):  # the first is a warm-up

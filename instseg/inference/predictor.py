@@ -32,6 +32,7 @@ from instseg.data.categories import CategoryMap
 from instseg.data.images import read_rgb
 from instseg.inference.optimize import optimize_for_inference
 from instseg.models.forward import predict_unpasted
+from instseg.models.tta import TestTimeAugmentation
 from instseg.structures.detections import Detections
 from instseg.utils.errors import InstsegError
 
@@ -43,13 +44,15 @@ class Predictor:
         self, net: MaskRCNN, categories: CategoryMap, score_threshold: float = 0.7,
         min_size: int | None = None, max_size: int | None = None, device: str = "auto",
         optimize: bool = True, compile: bool = False, precision: str = "32-true",
-        reuse_memory: bool = False,
+        reuse_memory: bool = False, tta: bool = False,
+        tta_scales: tuple[float, ...] = (0.8, 1.0, 1.2),
     ) -> None:
         """`optimize`/`compile`/`reuse_memory`: instseg.inference.optimize.optimize_for_inference
         (changes `net` in place: give a copy if it trains on; `reuse_memory=True` changes
         glibc's allocator for the whole process, so it is off unless asked for).
         `precision`: 32-true, or 16-mixed / bf16-mixed for autocast inference on a CUDA
-        device."""
+        device. `tta`: test-time augmentation (instseg.models.tta: the model's size times
+        each of `tta_scales`, each also flipped), as evaluate.py's eval.tta=true."""
         if precision not in AUTOCAST:
             raise InstsegError(f"precision={precision!r}: expected one of {list(AUTOCAST)}")
         self.autocast_dtype = AUTOCAST[precision]
@@ -67,6 +70,8 @@ class Predictor:
         self.categories = categories
         self.names = dict(zip(categories.category_ids, categories.names, strict=True))
         self.score_threshold = score_threshold
+        self._predict = (TestTimeAugmentation(tuple(tta_scales)) if tta
+                         else predict_unpasted)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> Predictor:
@@ -89,7 +94,7 @@ class Predictor:
         batch = [_float_image(image).to(self.device) for image in images]
         with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                             enabled=self.autocast_dtype is not None):
-            outputs = predict_unpasted(self.net, batch)
+            outputs = self._predict(self.net, batch)
         return [self._detections(output) for output in outputs]
 
     def render(self, image, detections: Detections, side_by_side: bool = False) -> torch.Tensor:

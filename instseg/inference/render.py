@@ -14,9 +14,10 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from instseg.structures.detections import Detections
 
 
-def draw_detections(image: torch.Tensor, detections: Detections,
-                    alpha: float = 0.5) -> torch.Tensor:
-    """uint8 [3, H, W] image with the detections (masks of H x W, if any) drawn on a copy."""
+def draw_detections(image: torch.Tensor, detections: Detections, alpha: float = 0.5,
+                    scores: bool = True) -> torch.Tensor:
+    """uint8 [3, H, W] image with the detections (masks of H x W, if any) drawn on a copy;
+    `scores`: captions with the score (False for ground truth)."""
     if len(detections) == 0:
         return image.clone()
     colors = [category_color(c) for c in detections.category_ids.tolist()]
@@ -25,7 +26,7 @@ def draw_detections(image: torch.Tensor, detections: Detections,
         overlay = draw_segmentation_masks(image, detections.masks, alpha=alpha, colors=colors)
     font = label_font()
     return draw_bounding_boxes(
-        overlay, detections.boxes, labels=detections.captions(), colors=colors, width=2,
+        overlay, detections.boxes, labels=detections.captions(scores), colors=colors, width=2,
         font=font, font_size=max(12, image.shape[-2] // 45) if font else None,
     )
 

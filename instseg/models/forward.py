@@ -31,18 +31,8 @@ from torchvision.models.detection.transform import resize_boxes
 @torch.inference_mode()
 def predict_unpasted(net: MaskRCNN, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     original_sizes = [tuple(image.shape[-2:]) for image in images]
-    batch, _ = net.transform(images)
-    pixels = batch.tensors
-    if _is_channels_last(net):
-        pixels = pixels.contiguous(memory_format=torch.channels_last)
-    features = net.backbone(pixels)
-    if isinstance(features, torch.Tensor):
-        features = OrderedDict([("0", features)])
+    batch, features = image_features(net, images)
     proposals, _ = net.rpn(batch, features)
-    if pixels is not batch.tensors and pixels.device.type != "cpu":
-        # torchvision's CUDA RoIAlign makes channels_last maps contiguous on every call: once
-        # here (on CPU, SparseRoIAlign wants them channels_last).
-        features = OrderedDict((name, level.contiguous()) for name, level in features.items())
     detections = _roi_heads(net.roi_heads, features, proposals, batch.image_sizes)
     for detection, size, original in zip(detections, batch.image_sizes, original_sizes,
                                          strict=True):
@@ -51,23 +41,39 @@ def predict_unpasted(net: MaskRCNN, images: list[torch.Tensor]) -> list[dict[str
     return detections
 
 
+def image_features(net: MaskRCNN, images: list[torch.Tensor]):
+    """(the net's transformed batch, its backbone's feature maps {name: [B, C, h, w]})."""
+    batch, _ = net.transform(images)
+    pixels = batch.tensors
+    if _is_channels_last(net):
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    features = net.backbone(pixels)
+    if isinstance(features, torch.Tensor):
+        features = OrderedDict([("0", features)])
+    if pixels is not batch.tensors and pixels.device.type != "cpu":
+        # torchvision's CUDA RoIAlign makes channels_last maps contiguous on every call: once
+        # here (on CPU, SparseRoIAlign wants them channels_last).
+        features = OrderedDict((name, level.contiguous()) for name, level in features.items())
+    return batch, features
+
+
 def _roi_heads(heads: RoIHeads, features, proposals, image_sizes) -> list[dict]:
     """torchvision's RoIHeads.forward at inference, except that the mask logits are computed
-    for each detection's own class only (`_labelled_mask_logits`)."""
+    for each detection's own class only (`labelled_mask_logits`)."""
     if heads.keypoint_predictor is not None or not heads.has_mask():
         raise ValueError("predict_unpasted expects a Mask R-CNN without keypoints")
     pooled = heads.box_roi_pool(features, proposals, image_sizes)
     logits, deltas = heads.box_predictor(heads.box_head(pooled))
     boxes, scores, labels = heads.postprocess_detections(logits, deltas, proposals, image_sizes)
     pooled = heads.mask_roi_pool(features, boxes, image_sizes)
-    mask_logits = _labelled_mask_logits(heads.mask_predictor, heads.mask_head(pooled),
+    mask_logits = labelled_mask_logits(heads.mask_predictor, heads.mask_head(pooled),
                                         torch.cat(labels))
     mask_probs = mask_logits.sigmoid().split([len(b) for b in boxes])
     return [{"boxes": b, "scores": s, "labels": lab, "mask_probs": m}
             for b, s, lab, m in zip(boxes, scores, labels, mask_probs, strict=True)]
 
 
-def _labelled_mask_logits(predictor: nn.Module, features: torch.Tensor,
+def labelled_mask_logits(predictor: nn.Module, features: torch.Tensor,
                           labels: torch.Tensor) -> torch.Tensor:
     """[N, 1, M, M] logits of each RoI's class: torchvision's MaskRCNNPredictor (upsampling,
     ReLU, then a 1x1 convolution to every class) with that last convolution done for the

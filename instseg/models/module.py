@@ -65,6 +65,9 @@ class MaskRCNNModule(pl.LightningModule):
         self.nonfinite = NonFiniteGuard(nonfinite_loss)
         self.skipped_images = 0  # this process's count since the run (or resume) started
         self.dropped_instances = 0  # the run's instances augmentation cropped away (resumed)
+        # Evaluation with test-time augmentation (instseg.models.tta), set by the evaluate
+        # task (eval.tta=true); None: one pass at the model's own size.
+        self.test_time_augmentation: Callable | None = None
         self.reuse_memory = reuse_memory
         self.fused_optimizer = fused_optimizer
 
@@ -119,7 +122,8 @@ class MaskRCNNModule(pl.LightningModule):
         images, targets, _ = batch
         if not images:
             return None
-        return [t["image_id"] for t in targets], predict_unpasted(self.net, images)
+        predict = self.test_time_augmentation or predict_unpasted
+        return [t["image_id"] for t in targets], predict(self.net, images)
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]

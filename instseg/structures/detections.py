@@ -166,10 +166,12 @@ class Detections:
                 record["segmentation"] = rles[k]
         return records
 
-    def captions(self) -> list[str]:
+    def captions(self, scores: bool = True) -> list[str]:
         """"<class name> <score with 2 decimals>" per detection (the category id where no name
-        is known)."""
+        is known; without the score for ground truth)."""
         names = self.class_names or [f"category {c}" for c in self.category_ids.tolist()]
+        if not scores:
+            return list(names)
         return [f"{name} {score:.2f}" for name, score in zip(names, self.scores.tolist(),
                                                              strict=True)]
 

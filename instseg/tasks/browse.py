@@ -21,6 +21,12 @@ Contract:
         colour) with a thin box labelled "<name> (crowd)", so that they are not mistaken for
         instances. Images that cannot be read, or whose size is not the json's, are logged and
         skipped (`skipped`, when given a dict, gets {image id: reason}).
+    render_augmented(dataset, image_ids, output_dir, seed, copy_paste=None, alpha=0.5)
+        -> the PNGs written, `<image id>_<file stem>_augmented.png`: each training image as
+        the training pipeline gives it (`dataset`: a CocoInstances with the data config's
+        train transforms and crowd_regions=True; the sample of (seed, index) as an epoch of
+        that seed draws it; copy_paste, if given, applied to the images as one batch), with
+        its targets drawn (masks, boxes, class names; crowd regions hatched).
     write_tensorboard(pngs, log_dir) -> the event file: every PNG as an image, tag
         "browse/<png stem>".
 The shim writes into output_dir (default: <run dir>/browse) and prints a table of the images.
@@ -31,10 +37,11 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 from pycocotools.coco import COCO
@@ -42,7 +49,7 @@ from rich.console import Console
 from rich.table import Table
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from instseg.data.coco import load_checked
+from instseg.data.coco import CocoInstances, collate, load_checked
 from instseg.data.images import UnreadableImage, read_rgb
 from instseg.inference.render import category_color, draw_detections, label_font
 from instseg.structures.detections import Detections
@@ -217,9 +224,41 @@ def write_tensorboard(pngs: Iterable[Path], log_dir: str | Path) -> Path:
     return event_file
 
 
+def render_augmented(dataset: CocoInstances, image_ids: list[int], output_dir: str | Path,
+                     seed: int, copy_paste: Callable | None = None,
+                     alpha: float = 0.5) -> list[Path]:
+    """One PNG per training image of `image_ids` as augmented (see the module docstring)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    indices = [dataset.image_ids.index(i) for i in image_ids if i in dataset.image_ids]
+    batch = collate([dataset[(seed, index)] for index in indices], copy_paste=copy_paste)
+    written = []
+    for image, target in zip(batch.images, batch.targets, strict=True):
+        pixels = (image * 255).round().to(torch.uint8)
+        category_ids = dataset.categories.to_category_ids(target["labels"])
+        names = dict(zip(dataset.categories.category_ids, dataset.categories.names,
+                         strict=True))
+        detections = Detections(target["boxes"], torch.ones(len(category_ids)),
+                                torch.tensor(category_ids, dtype=torch.int64),
+                                class_names=[names[c] for c in category_ids],
+                                masks=target["masks"].bool())
+        panel = draw_detections(pixels, detections, alpha, scores=False)
+        crowd = target.get("crowd_masks")
+        if crowd is not None and len(crowd):
+            panel = draw_segmentation_masks(panel, crowd.bool() & _hatch(*pixels.shape[-2:]),
+                                            alpha=0.8, colors="white")
+        info = dataset.coco.imgs[target["image_id"]]
+        path = output_dir / f"{target['image_id']}_{Path(info['file_name']).stem}_augmented.png"
+        Image.fromarray(panel.permute(1, 2, 0).numpy()).save(path)
+        written.append(path)
+    return written
+
+
 # -------------------------------------------------------------------------------- shim
 def browse(cfg: DictConfig) -> list[Path]:
     """The command: choose, render, optionally log to TensorBoard, print a table."""
+    if cfg.get("augmented"):
+        return _browse_augmented(cfg)
     annotation_file, image_dir = dataset_split(cfg)
     coco = load_checked(annotation_file, image_dir).coco
     image_ids = choose_images(coco, cfg.ids, cfg.sample, cfg.seed)
@@ -240,6 +279,31 @@ def browse(cfg: DictConfig) -> list[Path]:
         console.print(f"TensorBoard: tensorboard --logdir {output_dir} ({event_file.name})")
     console.print(f"{len(pngs)} of {len(image_ids)} images rendered into {output_dir}"
                   + (f"; {len(skipped)} skipped (unreadable)" if skipped else ""))
+    return pngs
+
+
+def _browse_augmented(cfg: DictConfig) -> list[Path]:
+    """augmented=true: the training split of data=<config> through its augmentations."""
+    if cfg.get("data") is None or "_target_" not in cfg.data:
+        raise InstsegError("augmented=true needs data=<config> (and augment=<option>): the "
+                           "augmentations are the data config's training transforms")
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    paths = datamodule.paths
+    dataset = CocoInstances(paths["train_images"], paths["train_annotations"], train=True,
+                            transforms=datamodule.train_transforms, crowd_regions=True,
+                            max_image_side=datamodule.max_image_side)
+    image_ids = choose_images(dataset.coco, cfg.ids, cfg.sample, cfg.seed)
+    pngs = render_augmented(dataset, image_ids, cfg.output_dir, cfg.seed,
+                            datamodule.copy_paste, cfg.alpha)
+    console = Console()
+    left_out = len(image_ids) - len(pngs)
+    console.print(f"{len(pngs)} augmented training images rendered into {cfg.output_dir}"
+                  + (f"; {left_out} chosen images are not trained on (no usable annotation)"
+                     if left_out else ""))
+    if cfg.tensorboard:
+        event_file = write_tensorboard(pngs, cfg.output_dir)
+        console.print(f"TensorBoard: tensorboard --logdir {cfg.output_dir} ({event_file.name})")
     return pngs
 
 

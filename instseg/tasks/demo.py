@@ -45,7 +45,8 @@ def demo(cfg: DictConfig) -> dict[str, float]:
     # The command's process is the user's own: glibc may keep freed memory for reuse.
     options = dict(score_threshold=cfg.score_threshold, min_size=cfg.min_size,
                    max_size=cfg.max_size, device=cfg.device, compile=cfg.get("compile", False),
-                   precision=cfg.get("precision", "32-true"), reuse_memory=True)
+                   precision=cfg.get("precision", "32-true"), reuse_memory=True,
+                   tta=cfg.get("tta", False))
     if cfg.get("ckpt"):
         predictor = Predictor.from_checkpoint(cfg.ckpt, **options)
     else:

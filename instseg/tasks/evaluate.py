@@ -26,6 +26,7 @@ from instseg.evaluation.coco import CocoEvaluator
 from instseg.evaluation.results import check_results, load_results
 from instseg.inference.optimize import optimize_for_inference
 from instseg.models.build import instantiate_module
+from instseg.models.tta import TestTimeAugmentation
 from instseg.tasks.common import MONITOR, build_module, run_options
 from instseg.utils.errors import InstsegError
 from instseg.utils.logs import quiet_lightning_tips
@@ -46,6 +47,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     else:
         raise InstsegError("evaluate needs ckpt=PATH, or model=... (with model.weights=...) "
                            "and data=...")
+    if cfg.eval.get("tta"):
+        module.test_time_augmentation = TestTimeAugmentation(tuple(cfg.eval.tta_scales),
+                                                             bool(cfg.eval.tta_flip))
     evaluation = CocoEvaluation(backend=cfg.eval.backend)
     trainer = instantiate(cfg.trainer, logger=False,
                           callbacks=[pl.callbacks.RichProgressBar(), evaluation])
@@ -62,10 +66,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         model = record["config"]["model"] if record else cfg.model
         _write_report(cfg, evaluation.evaluator, metrics,
                       {"checkpoint": cfg.get("ckpt"), "weights": model.get("weights"),
-                       "logged_in_training": logged})
+                       "logged_in_training": logged,
+                       "test_time_augmentation": _tta_summary(module)})
         note = f" (training logged {logged[MONITOR]:.4f} for this checkpoint)" if logged else ""
         print(f"{MONITOR} = {metrics[MONITOR]:.4f}{note}")
     return metrics
+
+
+def _tta_summary(module) -> dict | None:
+    tta = module.test_time_augmentation
+    return None if tta is None else {"scales": list(tta.scales), "flip": tta.flip}
 
 
 def _score_predictions(cfg: DictConfig) -> dict[str, float]:

@@ -188,6 +188,41 @@ def test_crowd_regions_are_hatched():
 
 
 # --------------------------------------------------------------------------- statistics
+def test_augmented_training_images_show_the_augment_config(coco128, tmp_path):
+    """browse augmented=true augment=[lsj,copy_paste]: the training images on the LSJ canvas
+    with their (pasted) instances drawn; crowd regions (coco-sample) hatched on it too."""
+    from instseg.tasks.browse import browse
+    from tests.conftest import compose_config
+
+    annotations, images, _ = coco128
+    data = ["data=coco_format", f"data.train_images={images}",
+            f"data.train_annotations={annotations}", f"data.val_images={images}",
+            f"data.val_annotations={annotations}"]
+    cfg = compose_config("browse", [*data, "augmented=true", "augment=[lsj,copy_paste]",
+                                    "data.train_transforms.crop_size=[320,320]",
+                                    f"ids={IDS + [250]}", f"output_dir={tmp_path}"], tmp_path)
+    pngs = browse(cfg)
+    assert [p.name.split("_")[0] for p in pngs] == ["9", "25", "30"]  # 250: no annotation
+    for png in pngs:
+        assert Image.open(png).size == (320, 320)
+    again = browse(cfg)  # the same (seed, index) draws
+    assert all(np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+               for a, b in zip(pngs, again, strict=True))
+    crowd_root = shared_data("coco-sample")
+    crowd_data = ["data=coco_format", *[f"data.{k}={crowd_root / v}" for k, v in (
+        ("train_images", "images"), ("train_annotations", "annotations.json"),
+        ("val_images", "images"), ("val_annotations", "annotations.json"))]]
+    crowd_image = next(a["image_id"] for a in load_checked(
+        crowd_root / "annotations.json").coco.dataset["annotations"] if a["iscrowd"])
+    flipped = browse(compose_config("browse", [*crowd_data, "augmented=true",
+                                               f"ids=[{crowd_image}]",
+                                               f"output_dir={tmp_path / 'crowd'}"], tmp_path))
+    assert len(flipped) == 1
+    with pytest.raises(InstsegError, match="augmented=true needs data"):
+        browse(compose_config("browse", ["augmented=true", f"annotations={annotations}",
+                                         f"images={images}"], tmp_path))
+
+
 def test_statistics_match_counts_made_from_the_json(coco128):
     annotation_file, images, coco = coco128
     data = json.loads(annotation_file.read_text())

@@ -123,10 +123,13 @@ def test_validation_logs_per_category_ap_and_precision_recall_figure(trained_run
 
 @pytest.mark.slow
 def test_ddp_evaluation_on_two_processes_equals_one(trained_run, tiny_shapes, tmp_path):
-    """2 gloo processes on 7 images (the sampler pads one): every image counted once."""
+    """2 gloo processes on 7 images (the sampler pads one): every image counted once; with
+    test-time augmentation (eval.tta=true), whose detections the evaluator takes as any
+    model's (plain DDP evaluation: tests/test_training_at_scale.py)."""
     output_dir, _ = trained_run
     best = next((output_dir / "checkpoints").glob("best-*.ckpt"))
-    data = ["data=shapes", *tiny_data_overrides(tiny_shapes), "data.val_batch_size=1"]
+    data = ["data=shapes", *tiny_data_overrides(tiny_shapes), "data.val_batch_size=1",
+            "eval.tta=true"]
     runs = {}
     for name, trainer in [("single", ["trainer.accelerator=cpu"]),
                           ("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"])]:
@@ -136,7 +139,9 @@ def test_ddp_evaluation_on_two_processes_equals_one(trained_run, tiny_shapes, tm
         assert "COCO segm (7 images," in run.stdout  # the padded duplicate is not counted
         if name == "ddp":
             assert "Starting with 2 processes" in run.stdout + run.stderr
-        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
+        report = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert report["test_time_augmentation"] == {"scales": [0.8, 1.0, 1.2], "flip": True}
+        runs[name] = report["metrics"]
     assert runs["ddp"] == runs["single"]
 
 
