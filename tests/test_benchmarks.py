@@ -47,8 +47,8 @@ def test_bench_data_feeds_the_model_the_same_batches_from_the_loader(tiny_shapes
 
 def test_bench_augment_rates_every_augmentation_against_flip(tmp_path):
     shared_data("coco128-seg")
-    out = run_benchmark("bench_augment.py", "--images", "6", "--workers", "0", "--repeats", "1",
-                        "--canvas", "256", cwd=tmp_path)
+    out = run_benchmark("bench_augment.py", "--images", "4", "--workers", "0", "--repeats", "1",
+                        "--canvas", "128", cwd=tmp_path)
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.split() and line.split()[0] in ("flip", "lsj", "lsj+copy_paste")}
     assert rows["flip"][2] == "1.00x" and set(rows) == {"flip", "lsj", "lsj+copy_paste"}

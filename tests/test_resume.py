@@ -185,7 +185,7 @@ def test_the_coco_r50_fpn_experiment_resumes_exactly_from_a_periodic_checkpoint(
         f"data.train_images={images}", f"data.train_annotations={annotations}",
         f"data.val_images={images}", f"data.val_annotations={annotations}",
         "trainer.precision=32-true", "trainer.limit_val_batches=1",
-        "model.net.min_size=256", "model.net.max_size=320",
+        "model.net.min_size=160", "model.net.max_size=224",
         "model.net.box_batch_size_per_image=64",
         "seed=7", "trainer.max_steps=1", "logger=csv", "trainer.log_every_n_steps=1",
         "callbacks.periodic_checkpoint.every_n_train_steps=6",

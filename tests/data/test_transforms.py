@@ -26,7 +26,7 @@ AUGMENTATIONS = {
     "lsj_photometric_flip": dict(scale_jitter={"target_size": CANVAS}, crop_size=CANVAS,
                                  photometric={}, hflip_prob=0.5),
 }
-SAMPLES = range(0, 126, 9)  # 14 photos of coco128-seg's 126 with annotations
+SAMPLES = range(0, 126, 18)  # 7 photos of coco128-seg's 126 with annotations
 # COCO's boxes are its polygons' extents, the masks their rasterisation: within 2 px.
 ANNOTATION_TOLERANCE = 2.0
 
@@ -159,6 +159,9 @@ def test_multiscale_is_the_models_resize_drawn_per_training_image(tmp_path):
         scale = torch.tensor([new_width / width, new_height / height] * 2)
         boxes_ok &= torch.allclose(resized["boxes"], target["boxes"] * scale, atol=1e-3)
         assert resized["masks"].shape[-2:] == batch.image_sizes[0]
+        # Boxes and nearest-resized masks keep the annotations' agreement, scaled.
+        assert torch.allclose(resized["boxes"], _extents(resized["masks"]),
+                              atol=ANNOTATION_TOLERANCE * float(scale.max()) + 1)
     assert drawn <= set(sizes) and len(drawn) > 1 and boxes_ok
     torch.manual_seed(4)
     first = [min(transform([image], [dict(target)])[0].image_sizes[0]) for _ in range(12)]
