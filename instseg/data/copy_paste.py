@@ -19,8 +19,9 @@ Input and output: images float32 [3, H, W] in [0, 1]; targets with boxes XYXY fl
 from __future__ import annotations
 
 import torch
-from torchvision.ops import masks_to_boxes
 from torchvision.transforms.v2 import functional as F
+
+from instseg.structures.masks import mask_extents
 
 
 class CopyPaste:
@@ -65,14 +66,13 @@ class CopyPaste:
         all_masks = torch.cat([own, masks.to(own.dtype)])
         labels = torch.cat([target["labels"], source_target["labels"][chosen]])
         keep = all_masks.flatten(1).sum(dim=1) >= self.min_pixels
-        boxes = masks_to_boxes(all_masks[keep]) if keep.any() else torch.zeros((0, 4))
-        boxes[:, 2:] += 1  # masks_to_boxes gives the last pixel; boxes end after it
         updated = dict(target)
-        updated.update(masks=all_masks[keep], labels=labels[keep], boxes=boxes,
+        updated.update(masks=all_masks[keep], labels=labels[keep],
+                       boxes=mask_extents(all_masks[keep]),
                        dropped_instances=int(target.get("dropped_instances", 0))
                        + int((~keep).sum()),
                        pasted_instances=int(target.get("pasted_instances", 0)) + len(chosen))
-        return image.clamp(0, 1), updated
+        return image, updated  # a convex blend of two images in [0, 1]
 
 
 def _choose(count: int, probability: float, generator) -> torch.Tensor:

@@ -35,8 +35,9 @@ from collections.abc import Sequence
 
 import torch
 from torchvision import tv_tensors
-from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
+
+from instseg.structures.masks import mask_extents
 
 # Pixel mean of ImageNet in 0-255 (torchvision's references pad LSJ canvases with it).
 PAD_FILL = (124, 116, 104)
@@ -101,11 +102,8 @@ class TightBoxes:
         target["dropped_instances"] = (int(target.get("dropped_instances", 0))
                                        + int((~keep).sum()))
         kept = masks[keep]
-        boxes = masks_to_boxes(kept.as_subclass(torch.Tensor)) if len(kept) else \
-            torch.zeros((0, 4))
-        boxes[:, 2:] += 1  # masks_to_boxes gives the last pixel; boxes end after it
         target["masks"] = tv_tensors.wrap(kept, like=masks)
-        target["boxes"] = tv_tensors.BoundingBoxes(boxes, format="XYXY",
+        target["boxes"] = tv_tensors.BoundingBoxes(mask_extents(kept), format="XYXY",
                                                    canvas_size=tuple(masks.shape[-2:]))
         target["labels"] = target["labels"][keep]
         return image, target

@@ -19,7 +19,6 @@ Conversions:
     Detections.from_output(output, category_ids, ...): a torchvision detection dict.
     Detections.from_records(records, height, width, ...): COCO results records.
     .records(categories=None): COCO results records, exactly as evaluate.py writes them.
-    .select(keep): the detections at `keep` (a bool mask or indices).
     .captions(): "<class name> <score>" per detection, for overlays.
 """
 
@@ -131,23 +130,6 @@ class Detections:
             return None
         return [{"size": list(self._mask_size), "counts": c} for c in self._mask_counts]
 
-    def select(self, keep: torch.Tensor | Sequence[int]) -> Detections:
-        """The detections at `keep` (a bool mask [N] or indices), in that order."""
-        index = torch.as_tensor(keep)
-        if index.dtype == torch.bool:
-            index = index.nonzero().flatten()
-        index = index.to(torch.int64).reshape(-1)
-        positions = index.tolist()
-        names = None if self.class_names is None else [self.class_names[k] for k in positions]
-        chosen = Detections(self.boxes[index], self.scores[index], self.category_ids[index],
-                            self.image_id, names)
-        if self._mask_counts is not None:
-            chosen._mask_size = self._mask_size
-            chosen._mask_counts = [self._mask_counts[k] for k in positions]
-        if self._masks is not None:
-            chosen._masks = self._masks[index]
-        return chosen
-
     def records(self, categories: set[int] | None = None) -> list[dict]:
         """COCO results records (image_id, category_id, bbox [x, y, w, h], score, and
         segmentation as a json RLE when there are masks), of `categories` only if given. The
@@ -174,13 +156,6 @@ class Detections:
             return list(names)
         return [f"{name} {score:.2f}" for name, score in zip(names, self.scores.tolist(),
                                                              strict=True)]
-
-    def __getstate__(self) -> dict:
-        # Gathered across ranks: bool masks decoded from RLE on the way are not sent.
-        state = dict(self.__dict__)
-        if state["_mask_counts"] is not None:
-            state["_masks"] = None
-        return state
 
     def _set_rles(self, rles: Sequence[dict], size: tuple[int, int] | None = None) -> None:
         """Keep json RLEs of one size (`size`: (H, W), needed when there are none)."""

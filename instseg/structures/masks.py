@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
+from torchvision.ops import masks_to_boxes
 
 
 def to_rle(segmentation, height: int, width: int) -> dict:
@@ -71,6 +72,16 @@ def decode_masks(rles: Sequence[dict], height: int, width: int) -> torch.Tensor:
     if not rles:
         return torch.zeros((0, height, width), dtype=torch.bool)
     return torch.from_numpy(mask_utils.decode(list(rles))).permute(2, 0, 1).bool()
+
+
+def mask_extents(masks: torch.Tensor) -> torch.Tensor:
+    """bool or uint8 [N, H, W] -> float32 [N, 4] XYXY boxes of their pixels, each ending after
+    its last pixel (x1 + 1, y1 + 1); every mask must have a pixel."""
+    if len(masks) == 0:
+        return torch.zeros((0, 4))
+    boxes = masks_to_boxes(masks.as_subclass(torch.Tensor))  # x1, y1: the last pixel
+    boxes[:, 2:] += 1
+    return boxes
 
 
 def mask_box(rle: dict) -> list[float]:

@@ -24,8 +24,8 @@ Contract:
     render_augmented(dataset, image_ids, output_dir, seed, copy_paste=None, alpha=0.5)
         -> the PNGs written, `<image id>_<file stem>_augmented.png`: each training image as
         the training pipeline gives it (`dataset`: a CocoInstances with the data config's
-        train transforms and crowd_regions=True; the sample of (seed, index) as an epoch of
-        that seed draws it; copy_paste, if given, applied to the images as one batch), with
+        train transforms and crowd_regions=True; each sample as epoch 0 of a run seeded `seed`
+        augments it; copy_paste, if given, applied to the images as one batch), with
         its targets drawn (masks, boxes, class names; crowd regions hatched).
     write_tensorboard(pngs, log_dir) -> the event file: every PNG as an image, tag
         "browse/<png stem>".
@@ -40,6 +40,7 @@ import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -51,9 +52,9 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from instseg.data.coco import CocoInstances, collate, load_checked
 from instseg.data.images import UnreadableImage, read_rgb
+from instseg.data.samplers import EpochSampler
 from instseg.inference.render import category_color, draw_detections, label_font
 from instseg.structures.detections import Detections
-from instseg.structures.masks import decode_masks, to_rle
 from instseg.tasks.check import dataset_split
 from instseg.utils.errors import InstsegError
 
@@ -123,10 +124,7 @@ def draw_ground_truth(image: torch.Tensor, annotations: list[dict], coco: COCO,
 
 
 def _masks(coco: COCO, annotations: list[dict]) -> torch.Tensor:
-    info = coco.imgs[annotations[0]["image_id"]]
-    height, width = info["height"], info["width"]
-    return decode_masks([to_rle(a["segmentation"], height, width) for a in annotations],
-                        height, width)
+    return torch.from_numpy(np.stack([coco.annToMask(a) for a in annotations])).bool()
 
 
 def _colors(annotations: list[dict]) -> list[tuple[int, int, int]]:
@@ -162,10 +160,10 @@ def prediction_detections(records: list[dict], coco: COCO, height: int, width: i
     for record in sorted(records, key=lambda r: r["score"], reverse=True):
         if record["score"] < score_threshold:
             continue
-        size = to_rle(record["segmentation"], height, width)["size"]
-        if list(size) != [height, width]:
+        segmentation = record["segmentation"]  # polygons are drawn at the image's size
+        if isinstance(segmentation, dict) and list(segmentation["size"]) != [height, width]:
             log.warning("image %s: a prediction's mask is %s, the image %dx%d: not drawn",
-                        record["image_id"], size, height, width)
+                        record["image_id"], segmentation["size"], height, width)
             continue
         kept.append(record)
     names = [coco.cats[c]["name"] if c in coco.cats else f"category {c}"
@@ -231,13 +229,14 @@ def render_augmented(dataset: CocoInstances, image_ids: list[int], output_dir: s
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     indices = [dataset.image_ids.index(i) for i in image_ids if i in dataset.image_ids]
-    batch = collate([dataset[(seed, index)] for index in indices], copy_paste=copy_paste)
+    # The draw seed of epoch 0 of a run seeded `seed` (EpochSampler's): its augmentation.
+    draw_seed, _ = next(iter(EpochSampler(1, seed)))
+    batch = collate([dataset[(draw_seed, index)] for index in indices], copy_paste=copy_paste)
+    names = dict(zip(dataset.categories.category_ids, dataset.categories.names, strict=True))
     written = []
     for image, target in zip(batch.images, batch.targets, strict=True):
         pixels = (image * 255).round().to(torch.uint8)
         category_ids = dataset.categories.to_category_ids(target["labels"])
-        names = dict(zip(dataset.categories.category_ids, dataset.categories.names,
-                         strict=True))
         detections = Detections(target["boxes"], torch.ones(len(category_ids)),
                                 torch.tensor(category_ids, dtype=torch.int64),
                                 class_names=[names[c] for c in category_ids],
