@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,7 +120,8 @@ def reference(tiny_shapes, tmp_path_factory):
     train(compose_config("train", _recipe(tiny_shapes), output_dir))
     last = output_dir / "checkpoints" / "last.ckpt"
     assert _load(last)["global_step"] == STEPS
-    return last
+    yield last
+    shutil.rmtree(output_dir, ignore_errors=True)
 
 
 # -- atomic writes ----------------------------------------------------------------------------

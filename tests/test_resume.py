@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -140,13 +142,14 @@ def test_the_position_after_an_epochs_last_batch_is_the_next_epochs_start():
 
 
 @pytest.fixture(scope="module")
-def shapes_straight(tmp_path_factory) -> Path:
+def shapes_straight(tmp_path_factory) -> Iterator[Path]:
     """The root (generated data, runs) and the run never stopped: straight/."""
     root = tmp_path_factory.mktemp("resume_shapes")
     snapshot = [f"+callbacks.snapshot._target_={__name__}.EpochEndSnapshot",
                 f"+callbacks.snapshot.dirpath={root / 'straight' / 'epoch-end'}"]
     _train(root, root / "straight", *SHAPES, *LOGGING, *snapshot)
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)  # ~3 GB of checkpoints
 
 
 @pytest.mark.slow

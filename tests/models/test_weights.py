@@ -1,6 +1,7 @@
 """Pretrained weights: the fine-tune rule, label spaces, local files, the offline message."""
 
 import logging
+import shutil
 
 import pytest
 import torch
@@ -42,7 +43,8 @@ def shapes_checkpoint(tiny_shapes, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("shapes_run")
     overrides = [*tiny_train_overrides(tiny_shapes), "trainer.max_epochs=1"]
     train(compose_config("train", overrides, output_dir))
-    return output_dir / "checkpoints" / "last.ckpt"
+    yield output_dir / "checkpoints" / "last.ckpt"
+    shutil.rmtree(output_dir, ignore_errors=True)
 
 
 def test_shapes_checkpoint_initialises_coco128_model_except_predictors(
