@@ -52,6 +52,11 @@ def test_bench_augment_rates_every_augmentation_against_flip(tmp_path):
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.split() and line.split()[0] in ("flip", "lsj", "lsj+copy_paste")}
     assert rows["flip"][2] == "1.00x" and set(rows) == {"flip", "lsj", "lsj+copy_paste"}
+    stages = {m[1]: float(m[2]) for m in re.finditer(r"^  (\w[\w ]+?) +([\d.]+) ms$", out, re.M)}
+    assert set(stages) == {"decoding", "polygons to masks", "flipping", "whole sample"}
+    assert stages["whole sample"] > stages["decoding"]  # decoding is one part of a sample
+    cores = re.search(r"^  flip: +(\d+), (\d+), (\d+)$", out, re.M)
+    assert cores and int(cores[1]) <= int(cores[3])  # more cores for a faster GPU (25, 100)
 
 
 def test_bench_inference_compares_plain_and_ours_on_a_trained_model(tiny_checkpoint, tmp_path):
@@ -63,11 +68,22 @@ def test_bench_inference_compares_plain_and_ours_on_a_trained_model(tiny_checkpo
 
 
 def test_bench_gpu_train_dry_run_on_the_cpu(tmp_path):
+    """Both sides and a variant on coco128-seg photos; the same weights, seed and batches
+    give both sides the same first loss."""
+    shared_data("coco128-seg")
     out = run_benchmark("bench_gpu_train.py", "--cpu-dry-run", "--model", "small_cpu",
-                        "--steps", "21", "--batch-sizes", "2", "--precisions", "32-true",
-                        "--eval-images", "4", "--image-size", "96", "--workers", "0",
-                        cwd=tmp_path)
+                        "--precisions", "32-true", "--batch-sizes", "2", "--warmup", "1",
+                        "--steps", "1", "--profile-steps", "1", "--variants", "channels_last",
+                        "--profile-at", "32-true:2", "--trace-dir", str(tmp_path / "traces"),
+                        "model.net.min_size=96", "model.net.max_size=160", cwd=tmp_path)
     assert "all checks passed" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.split()[:1] in (["instseg"], ["plain"], ["plain+channels_last"])
+            and len(line.split()) == 8}
+    assert set(rows) == {"instseg", "plain", "plain+channels_last"}
+    assert len({row[6] for row in rows.values()}) == 1  # first loss, to 4 decimals
+    assert "top 15 by self_cpu_time_total" in out
+    assert len(list((tmp_path / "traces").glob("*.json"))) == 3
 
 
 def test_bench_evaluation_gives_pycocotools_stats(tmp_path):

@@ -30,6 +30,7 @@ from instseg.data.samplers import (
 from instseg.data.synthetic import generate_shapes
 from instseg.data.transforms import evaluation_transforms, training_transforms
 from instseg.data.validation import CheckedAnnotations
+from instseg.data.workers import AUTO, resolve_num_workers, resolve_pin_memory
 from instseg.utils.errors import InstsegError
 
 
@@ -48,10 +49,10 @@ class CocoDataModule(pl.LightningDataModule):
         root: str | None = None,
         batch_size: int = 2,
         val_batch_size: int | None = None,
-        num_workers: int = 2,
+        num_workers: int | str = AUTO,
         train_transforms: Callable | None = None,
         val_transforms: Callable | None = None,
-        pin_memory: bool = False,
+        pin_memory: bool | str = AUTO,
         group_aspect_ratio: bool = False,
         max_image_side: int = MAX_IMAGE_SIDE,
         copy_paste: CopyPaste | None = None,
@@ -59,7 +60,9 @@ class CocoDataModule(pl.LightningDataModule):
         """`max_image_side`: training images with a longer side are downscaled when read.
         `train_transforms`: instseg.data.transforms.training_transforms(...) (default: a
         horizontal flip with probability 0.5); `copy_paste`: pasting between the training
-        images of a batch (instseg.data.copy_paste), or None."""
+        images of a batch (instseg.data.copy_paste), or None. `num_workers` / `pin_memory`:
+        a number / bool, or "auto": from the trainer's device and the CPUs
+        (instseg.data.workers), resolved when a loader is built."""
         super().__init__()
         base = Path(root) if root is not None else Path()
         self.paths = {
@@ -68,6 +71,8 @@ class CocoDataModule(pl.LightningDataModule):
         }
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
+        resolve_num_workers(num_workers, None)  # a bad value fails here, not at fit
+        resolve_pin_memory(pin_memory, None)
         self.num_workers = num_workers
         self.train_transforms = train_transforms or training_transforms()
         self.val_transforms = val_transforms or evaluation_transforms()
@@ -169,13 +174,18 @@ class CocoDataModule(pl.LightningDataModule):
             batches = ResumableBatchSampler(sampler, self.batch_size, drop_last=False,
                                             start=start)
         return ResumableDataLoader(
-            self.train_set, batch_sampler=batches, num_workers=self.num_workers,
-            collate_fn=partial(collate, copy_paste=self.copy_paste), pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            self.train_set, batch_sampler=batches,
+            collate_fn=partial(collate, copy_paste=self.copy_paste), **self._worker_options(),
             # a generator of its own: creating an iterator draws no number from the global RNG
             generator=torch.Generator().manual_seed(seed),
             progress=self._train_progress if self.trainer else None,
         )
+
+    def _worker_options(self) -> dict:
+        """num_workers, pin_memory and persistent_workers of a loader for self.trainer."""
+        workers = resolve_num_workers(self.num_workers, self.trainer)
+        return {"num_workers": workers, "persistent_workers": workers > 0,
+                "pin_memory": resolve_pin_memory(self.pin_memory, self.trainer)}
 
     def _train_progress(self) -> tuple[int, int]:
         """(batches of the current epoch trained on, batches in an epoch), the trainer's."""
@@ -203,9 +213,8 @@ class CocoDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            collate_fn=collate, pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+            **self._worker_options(),
             # Creating an iterator draws a worker seed from this generator, or else from the
             # global RNG: with persistent workers a resumed run (no sanity check) would create
             # it at its first validation, which the run it continues did under the sanity
