@@ -1,7 +1,10 @@
 """Exact resume from a periodic checkpoint, in the default configuration (data=shapes,
-model=small_cpu, trainer and callbacks default) and in experiment=coco_r50_fpn made
-CPU-sized: every loss logged after the resume point, and the final weights tensor for tensor,
-equal those of the run never stopped. Real `python train.py` processes, as a user runs them.
+model=small_cpu, trainer and callbacks default) with every random augmentation on
+(augment=[multiscale,lsj,copy_paste], a superset of the default flip), and in
+experiment=coco_r50_fpn made CPU-sized: every loss logged after the resume point, and the
+final weights tensor for tensor, equal those of the run never stopped. The runs never
+stopped are real `python train.py` processes, as a user runs them; the resumed ones run
+train.py's task in the test's process.
 
 Only the run length is cut (max_epochs or max_steps, fewer generated images); the data
 module, sampler, worker processes, sanity check, batch and image sizes are the configs' own.
@@ -15,6 +18,7 @@ sanity check, which would have created the validation loader's iterator).
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import shutil
 import subprocess
@@ -25,15 +29,23 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import open_dict
 from torch.utils.data import DataLoader, Dataset
 
 from instseg.data.samplers import EpochSampler, ResumableBatchSampler, ResumableDataLoader
-from tests.conftest import ROOT, shared_data
+from instseg.tasks.train import train
+from tests.conftest import ROOT, compose_config, shared_data
 
 # Shapes: 16 training images are 4 batches per epoch; 2 epochs (epoch-based, as the default
 # config), each validated (on 8 images, for time); a checkpoint every 2 steps.
-SHAPES = ["seed=7", "data.num_train=16", "data.num_val=8", "trainer.max_epochs=2"]
+# One loader worker: a GPU run's loader has workers (data.num_workers=auto gives none on CPU).
+SHAPES = ["seed=7", "data.num_train=16", "data.num_val=8", "trainer.max_epochs=2",
+          "data.num_workers=1"]
 STEPS = 8
+# The per-sample jitter and crop, the batch's pasting and the model's size draws, cut to the
+# shapes' 160 px.
+AUGMENTED = ["augment=[multiscale,lsj,copy_paste]", "model.net.min_size=[128,144,160]",
+             "model.net.max_size=160", "data.train_transforms.crop_size=[160,160]"]
 LOGGING = ["logger=csv", "trainer.log_every_n_steps=1",
            "callbacks.periodic_checkpoint.every_n_train_steps=2",
            "callbacks.periodic_checkpoint.save_top_k=-1"]
@@ -61,6 +73,17 @@ def _train(root: Path, run_dir: Path, *overrides: str,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result
+
+
+def _resume(root: Path, run_dir: Path, checkpoint: Path, *overrides: str, caplog) -> None:
+    """train.py's task in this process (the command line resumes in test_reliability.py's
+    kill test), data under `root` as _train's; checks Lightning said it restored everything."""
+    cfg = compose_config("train", [*overrides, f"ckpt_path={checkpoint}"], run_dir)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(root)
+    with caplog.at_level(logging.INFO):
+        train(cfg)
+    assert f"Restored all states from the checkpoint at {checkpoint}" in caplog.text
 
 
 def _losses(run_dir: Path) -> dict[int, dict[str, str]]:
@@ -147,7 +170,7 @@ def shapes_straight(tmp_path_factory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("resume_shapes")
     snapshot = [f"+callbacks.snapshot._target_={__name__}.EpochEndSnapshot",
                 f"+callbacks.snapshot.dirpath={root / 'straight' / 'epoch-end'}"]
-    _train(root, root / "straight", *SHAPES, *LOGGING, *snapshot)
+    _train(root, root / "straight", *SHAPES, *AUGMENTED, *LOGGING, *snapshot)
     yield root
     shutil.rmtree(root, ignore_errors=True)  # ~3 GB of checkpoints
 
@@ -156,28 +179,28 @@ def shapes_straight(tmp_path_factory) -> Iterator[Path]:
 @pytest.mark.parametrize("checkpoint", ["checkpoints/step-2", "checkpoints/step-4",
                                         "epoch-end/epoch-end-4"],
                          ids=["mid-epoch", "epoch-last-batch", "epoch-end"])
-def test_the_default_config_resumes_exactly_from_a_periodic_checkpoint(shapes_straight,
-                                                                        checkpoint):
+def test_the_augmented_default_config_resumes_exactly_from_a_periodic_checkpoint(
+        shapes_straight, checkpoint, caplog):
     """step-2: mid-epoch 0, then through the epoch's validation into epoch 1; step-4: written
     at the last batch of epoch 0, before its validation (Lightning resumes it in epoch 1,
     without that validation); epoch-end-4: after it."""
     root = shapes_straight
     path = root / "straight" / f"{checkpoint}.ckpt"
     resumed = root / f"resumed-{path.stem}"
-    result = _train(root, resumed, *SHAPES, *LOGGING, f"ckpt_path={path}")
-    assert f"Restored all states from the checkpoint at {path}" in result.stdout + result.stderr
+    _resume(root, resumed, path, *SHAPES, *AUGMENTED, *LOGGING, caplog=caplog)
     from_step = int(path.stem.rsplit("-", 1)[1])
     _assert_repeats(root / "straight", resumed, from_step, steps=STEPS)
 
 
 @pytest.mark.slow
 def test_the_coco_r50_fpn_experiment_resumes_exactly_from_a_periodic_checkpoint(
-        tmp_path, weights_cache, monkeypatch):
+        tmp_path, weights_cache, monkeypatch, caplog):
     """COCO-format photos with aspect-ratio grouping (GroupedBatchSampler), the R50-FPN
-    with its ImageNet backbone (planted stand-in weights), SGD with warm-up, linearly scaled:
-    one CPU process with batch 2 is 2/16 of the recipe's batch, so trainer.max_steps=1 runs 8
-    steps; resumed from step 6 (of 63 per epoch). Small images, 64 RoIs per image for the box
-    and mask heads (512 in the recipe) and one validation batch, for time."""
+    with its ImageNet backbone (planted stand-in weights), SGD with warm-up, linearly scaled
+    (from a batch of 8 here, for time: one CPU process with batch 2 is a quarter of it, so
+    trainer.max_steps=1 runs 4 steps); resumed from step 3 (of 63 per epoch). Small images,
+    64 RoIs per image for the box and mask heads (512 in the recipe) and one validation
+    batch, for time."""
     coco = shared_data("coco128-seg")
     weights_cache.plant("ResNet50_Weights.IMAGENET1K_V1")
     monkeypatch.setenv("TORCH_HOME", str(weights_cache.root))
@@ -190,27 +213,13 @@ def test_the_coco_r50_fpn_experiment_resumes_exactly_from_a_periodic_checkpoint(
         "trainer.precision=32-true", "trainer.limit_val_batches=1",
         "model.net.min_size=160", "model.net.max_size=224",
         "model.net.box_batch_size_per_image=64",
-        "seed=7", "trainer.max_steps=1", "logger=csv", "trainer.log_every_n_steps=1",
-        "callbacks.periodic_checkpoint.every_n_train_steps=6",
+        "seed=7", "scale_lr_from_batch=8", "trainer.max_steps=1", "logger=csv",
+        "trainer.log_every_n_steps=1", "callbacks.periodic_checkpoint.every_n_train_steps=3",
         "callbacks.periodic_checkpoint.save_top_k=-1",
     ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     result = _train(tmp_path, straight, *overrides)
     assert "linear scaling" in result.stdout + result.stderr
-    checkpoint = straight / "checkpoints" / "step-6.ckpt"
-    _train(tmp_path, resumed, *overrides, f"ckpt_path={checkpoint}")
-    _assert_repeats(straight, resumed, from_step=6, steps=8)
-
-
-@pytest.mark.slow
-def test_multiscale_lsj_and_copy_paste_resume_exactly(tmp_path):
-    """The default config with augment=[multiscale,lsj,copy_paste] (sizes and canvas cut to
-    the shapes' 160 px): the per-sample jitter and crop, the batch's pasting and the model's
-    size draws all repeat after a mid-epoch resume."""
-    augmented = ["augment=[multiscale,lsj,copy_paste]", "model.net.min_size=[128,144,160]",
-                 "model.net.max_size=160", "data.train_transforms.crop_size=[160,160]"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    _train(tmp_path, straight, *SHAPES, *LOGGING, *augmented)
-    checkpoint = straight / "checkpoints" / "step-2.ckpt"
-    _train(tmp_path, resumed, *SHAPES, *LOGGING, *augmented, f"ckpt_path={checkpoint}")
-    _assert_repeats(straight, resumed, from_step=2, steps=STEPS)
+    checkpoint = straight / "checkpoints" / "step-3.ckpt"
+    _resume(tmp_path, resumed, checkpoint, *overrides, caplog=caplog)
+    _assert_repeats(straight, resumed, from_step=3, steps=4)

@@ -21,7 +21,7 @@ from instseg.data.validation import CheckedAnnotations, Problem, check_split
 from instseg.evaluation.coco import CocoEvaluator
 from instseg.structures.masks import to_rle
 from instseg.utils.errors import InstsegError
-from tests.conftest import shared_data
+from tests.conftest import compose_config, shared_data
 
 # coco-sample: 6 COCO val2017 photos; 000000000089.jpg (id 89) has no annotation.
 IMAGE = 128372  # 000000128372.jpg, 640x427, 16 annotations
@@ -391,7 +391,6 @@ def _damage_many(root: Path) -> None:
 
 
 def _train_config(root: Path, output_dir: Path):
-    from tests.conftest import compose_config
 
     paths = [f"data.{split}_{kind}={root / name}" for split in ("train", "val")
              for kind, name in (("images", "images"), ("annotations", "annotations.json"))]
@@ -447,13 +446,16 @@ def test_check_command_reports_every_problem_and_exits_1_on_errors(sample, tmp_p
                      "exif orientation", "degenerate box", "unknown category id",
                      "box partly outside image", "short polygon part", "no annotations"}
     assert "unreadable image" in done.stdout and "000000404249.jpg" in done.stdout
-    strict = subprocess.run([*command, "strict=true"], capture_output=True, timeout=300,
-                            env=env)
-    assert strict.returncode == 1
+    # The command exits with exit_status(check_dataset(cfg), cfg.strict): both in process.
+    from instseg.tasks.check import check_dataset, exit_status
 
+    files = [f"annotations={sample / 'annotations.json'}", f"images={sample / 'images'}"]
+    problems = check_dataset(compose_config("check", files, tmp_path / "again"))
+    assert (exit_status(problems, strict=False), exit_status(problems, strict=True)) == (0, 1)
     edit(sample, lambda d: d["images"][1].update(id=d["images"][0]["id"]))
-    failed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert failed.returncode == 1 and "duplicate image id" in failed.stdout
+    problems = check_dataset(compose_config("check", files, tmp_path / "errors"))
+    assert exit_status(problems, strict=False) == 1
+    assert "duplicate image id" in {p.kind for p in problems}
 
 
 def test_image_without_annotations_is_not_trained_on_but_evaluated(sample):

@@ -27,15 +27,37 @@ def test_equals_torchvision_builder(model, reference, tmp_path):
     assert list(ours_state) == list(their_state)
     assert all(ours_state[k].shape == their_state[k].shape for k in their_state)
 
+    assert _settings(ours) == _settings(theirs)
     ours.load_state_dict(their_state, strict=True)
-    ours.eval()
-    theirs.eval()
+    for net in (ours, theirs):  # the same smaller settings on both, for time
+        net.eval()
+        net.transform.min_size, net.transform.max_size = (320,), 512
+        net.rpn._pre_nms_top_n["testing"] = net.rpn._post_nms_top_n["testing"] = 200
+        net.roi_heads.detections_per_img = 20
     image = torch.rand(3, 220, 260, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         (mine,), (reference_output,) = ours([image]), theirs([image])
     assert len(mine["boxes"]) > 0
     for key in ("boxes", "labels", "scores", "masks"):
         assert torch.equal(mine[key], reference_output[key]), key
+
+
+def _settings(net) -> dict:
+    """The hyperparameters a Mask R-CNN builder sets besides its modules' shapes."""
+    rpn, heads, transform = net.rpn, net.roi_heads, net.transform
+    return {"size": (transform.min_size, transform.max_size), "mean": transform.image_mean,
+            "std": transform.image_std, "rpn_top_n": (rpn._pre_nms_top_n, rpn._post_nms_top_n),
+            "rpn": (rpn.nms_thresh, rpn.score_thresh, rpn.min_size,
+                    rpn.fg_bg_sampler.batch_size_per_image, rpn.fg_bg_sampler.positive_fraction,
+                    rpn.proposal_matcher.high_threshold, rpn.proposal_matcher.low_threshold),
+            "anchors": [[tuple(level) for level in option]  # lists from a config, or tuples
+                        for option in (rpn.anchor_generator.sizes,
+                                       rpn.anchor_generator.aspect_ratios)],
+            "heads": (heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
+                      heads.fg_bg_sampler.batch_size_per_image,
+                      heads.fg_bg_sampler.positive_fraction,
+                      heads.proposal_matcher.high_threshold,
+                      heads.proposal_matcher.low_threshold, heads.box_coder.weights)}
 
 
 def _one_step_and_predict(net, size: int = 128) -> dict:
@@ -61,7 +83,9 @@ def _one_step_and_predict(net, size: int = 128) -> dict:
     "model", [pytest.param(m, marks=pytest.mark.slow) if m in HEAVY else m for m in MODELS]
 )
 def test_every_model_trains_a_step_and_predicts(model, tmp_path):
-    net = build(tmp_path, model, 3, "model.net.min_size=128", "model.net.max_size=128")
+    net = build(tmp_path, model, 3, "model.net.min_size=128", "model.net.max_size=128",
+                "model.net.box_batch_size_per_image=64", "model.net.rpn_post_nms_top_n_test=100",
+                "model.net.box_detections_per_img=10")
     output = _one_step_and_predict(net)
     assert set(output) == {"boxes", "labels", "scores", "masks"}
     assert output["masks"].shape[1:] == (1, 128, 128)
