@@ -17,6 +17,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from instseg.models.module import TARGET_KEYS
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 if str(ROOT) not in sys.path:
@@ -47,16 +49,28 @@ def endless(loader):
         yield from loader
 
 
-def plain_training_step(net, params, optimizer, images, targets, clip: float) -> float:
-    """The hand-written step the benchmarks compare against: zero_grad, forward, the loss
-    terms summed, backward, clip_grad_norm_(params, clip), optimizer step; the loss."""
-    targets = [{k: v for k, v in t.items() if k != "image_id"} for t in targets]
-    optimizer.zero_grad()
-    loss = sum(net(images, targets).values())
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, clip)
-    optimizer.step()
-    return loss.item()
+def plain_training_step(net, params, optimizer, images, targets, clip: float,
+                        autocast: torch.dtype | None = None,
+                        scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """The hand-written step the benchmarks compare against: zero_grad, forward (under
+    torch.autocast to `autocast` if given), the loss terms summed, backward (scaled by
+    `scaler` and unscaled before clipping, if given), clip_grad_norm_(params, clip),
+    optimizer step; the loss, detached (reading it is a device sync: the caller's choice)."""
+    targets = [{k: v for k, v in t.items() if k in TARGET_KEYS} for t in targets]
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(images[0].device.type, dtype=autocast, enabled=autocast is not None):
+        loss = sum(net(images, targets).values())
+    if scaler is None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        scaler.step(optimizer)
+        scaler.update()
+    return loss.detach()
 
 
 def quiet_lightning() -> None:

@@ -135,7 +135,7 @@ def training_rate(cfg: DictConfig, datamodule, batches, steps: int) -> tuple[flo
     net, params, optimizer = fresh_model(cfg, datamodule)
     clip = cfg.trainer.gradient_clip_val
     return timed_steps(
-        lambda b: plain_training_step(net, params, optimizer, b.images, b.targets, clip),
+        lambda b: plain_training_step(net, params, optimizer, b.images, b.targets, clip).item(),
         iter(batches), steps)
 
 

@@ -18,10 +18,11 @@ Sides, for every precision and batch size (same config, seed, weights and batche
   instseg  instseg.tasks.train.train: Trainer.fit of MaskRCNNModule with the default
            callbacks (checkpoints, LR monitor, progress bar) and the TensorBoard logger;
            validation off, the periodic checkpoint only after the measured steps.
-  plain    a hand-written loop over the same torchvision MaskRCNN (a copy of instseg's built
-           net): torch.autocast (16-mixed: float16 and a GradScaler; bf16-mixed: bfloat16),
-           loss terms summed, backward, unscale, clip_grad_norm_, optimizer step (the same
-           SGD, torch's default foreach kernel), scheduler step.
+  plain    a hand-written loop (_common.plain_training_step) over the same torchvision
+           MaskRCNN (instseg's built net) and loader (the workers and pinning instseg
+           resolves for the device): torch.autocast (16-mixed: float16 and a GradScaler;
+           bf16-mixed: bfloat16), loss terms summed, backward, unscale, clip_grad_norm_,
+           optimizer step (the same SGD, torch's default foreach kernel), scheduler step.
   plain+channels_last, plain+compile (--variants), at --profile-at's precision and batch:
            the plain loop with the model in channels_last memory format / with
            torch.compile(backbone) (dynamic shapes): whether either is worth adopting.
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import math
 import os
@@ -54,10 +54,18 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from _common import SHARED_DATA, HelpFormatter, compose_config, endless, quiet_lightning
+from _common import (
+    SHARED_DATA,
+    HelpFormatter,
+    compose_config,
+    endless,
+    plain_training_step,
+    quiet_lightning,
+)
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from instseg.data.workers import resolve_num_workers, resolve_pin_memory
 from instseg.models.module import TARGET_KEYS
 from instseg.tasks.common import build_module
 from instseg.tasks.train import train
@@ -140,9 +148,9 @@ class Window:
             if profiled_end > timed_end:
                 self._profile_start = time.perf_counter()
                 self.profile = torch.profiler.profile(activities=_activities())
-                self.profile.__enter__()
+                self.profile.start()
         if step == profiled_end and self.profile is not None and profiled_end > timed_end:
-            self.profile.__exit__(None, None, None)
+            self.profile.stop()
             self.busy = busy_fraction(self.profile, time.perf_counter() - self._profile_start)
             if self.trace is not None:
                 self.profile.export_chrome_trace(str(self.trace))
@@ -210,14 +218,17 @@ def run_instseg(cfg: DictConfig, window: Window) -> dict:
 
 
 def run_plain(cfg: DictConfig, window: Window, variant: str = "") -> dict:
-    """The hand-written loop (see the module docstring) over a copy of instseg's net."""
+    """The hand-written loop (see the module docstring) over instseg's built net."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # as train() does
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     module, _ = build_module(cfg, datamodule)
     datamodule.setup("fit")
     device = torch.device("cpu" if cfg.trainer.accelerator == "cpu" else "cuda")
-    net = copy.deepcopy(module.net).to(device).train()
+    # The loader options instseg's trainer resolves for this device (workers, pinning).
+    datamodule.num_workers = resolve_num_workers(cfg.data.num_workers, device.type)
+    datamodule.pin_memory = resolve_pin_memory(cfg.data.pin_memory, device.type)
+    net = module.net.to(device).train()
     if variant == "channels_last":
         net = net.to(memory_format=torch.channels_last)
     if variant == "compile":
@@ -226,7 +237,7 @@ def run_plain(cfg: DictConfig, window: Window, variant: str = "") -> dict:
     optimizer = module.optimizer_factory(params)
     scheduler = module.scheduler_factory(optimizer=optimizer, total_steps=cfg.trainer.max_steps)
     precision = cfg.trainer.precision
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+    scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
     batches = endless(datamodule.train_dataloader())
     losses = []
     for step in range(cfg.trainer.max_steps):
@@ -235,15 +246,8 @@ def run_plain(cfg: DictConfig, window: Window, variant: str = "") -> dict:
         images = [i.to(device, non_blocking=True) for i in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items() if k in TARGET_KEYS}
                    for t in targets]
-        with torch.autocast(device.type, dtype=AUTOCAST.get(precision),
-                            enabled=precision in AUTOCAST):
-            loss = sum(net(images, targets).values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, cfg.trainer.gradient_clip_val)
-        scaler.step(optimizer)
-        scaler.update()
+        loss = plain_training_step(net, params, optimizer, images, targets,
+                                   cfg.trainer.gradient_clip_val, AUTOCAST.get(precision), scaler)
         scheduler.step()
         if step in (0, cfg.trainer.max_steps - 1):
             losses.append(loss.item())

@@ -173,7 +173,7 @@ def run_plain(cfg: DictConfig, steps: int) -> Run:
         start = time.perf_counter()
         images, targets, _ = next(batches)
         fetched = time.perf_counter()
-        loss = plain_training_step(net, params, optimizer, images, targets, clip)
+        loss = plain_training_step(net, params, optimizer, images, targets, clip).item()
         scheduler.step()
         run.losses.append(loss)
         end = time.perf_counter()

@@ -183,9 +183,12 @@ class CocoDataModule(pl.LightningDataModule):
 
     def _worker_options(self) -> dict:
         """num_workers, pin_memory and persistent_workers of a loader for self.trainer."""
-        workers = resolve_num_workers(self.num_workers, self.trainer)
+        trainer = self.trainer
+        device = trainer.strategy.root_device.type if trainer is not None else None
+        workers = resolve_num_workers(self.num_workers, device,
+                                      trainer.num_devices if trainer is not None else 1)
         return {"num_workers": workers, "persistent_workers": workers > 0,
-                "pin_memory": resolve_pin_memory(self.pin_memory, self.trainer)}
+                "pin_memory": resolve_pin_memory(self.pin_memory, device)}
 
     def _train_progress(self) -> tuple[int, int]:
         """(batches of the current epoch trained on, batches in an epoch), the trainer's."""

@@ -1,5 +1,5 @@
 """Loader processes and pinned memory: what `data.num_workers: auto` and `data.pin_memory: auto`
-resolve to, given the trainer the loaders feed.
+resolve to, given the device of the trainer the loaders feed.
 
 - Training on CPUs: 0 workers. The model's threads use every core; a worker process only
   competes with them (benchmarks/bench_data.py: 0 workers trained fastest on 2 cores).
@@ -21,8 +21,6 @@ from __future__ import annotations
 import os
 import warnings
 
-import pytorch_lightning as pl
-
 from instseg.utils.errors import InstsegError
 
 AUTO = "auto"
@@ -37,29 +35,26 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _on_gpu(trainer: pl.Trainer | None) -> bool:
-    return trainer is not None and trainer.strategy.root_device.type == "cuda"
-
-
-def resolve_num_workers(requested: int | str, trainer: pl.Trainer | None) -> int:
-    """`requested` (an int >= 0) as is; "auto" as the module docstring says."""
+def resolve_num_workers(requested: int | str, device: str | None, devices: int = 1) -> int:
+    """`requested` (an int >= 0) as is; "auto" as the module docstring says, for a trainer
+    on `device` ("cuda", "cpu", ...; None: no trainer) with `devices` per node."""
     if requested != AUTO:
         if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
             raise InstsegError(f"data.num_workers={requested!r}: expected an integer >= 0 or "
                                f"{AUTO!r}")
         return requested
-    if not _on_gpu(trainer):
-        if trainer is not None:  # Lightning would suggest workers: on CPUs none is faster
+    if device != "cuda":
+        if device is not None:  # Lightning would suggest workers: on CPUs none is faster
             warnings.filterwarnings("ignore", message=WORKERS_HINT)
         return 0
-    per_process = usable_cpus() // max(1, trainer.num_devices)
+    per_process = usable_cpus() // max(1, devices)
     return max(1, min(MAX_AUTO_WORKERS, per_process - 1))
 
 
-def resolve_pin_memory(requested: bool | str, trainer: pl.Trainer | None) -> bool:
-    """`requested` (a bool) as is; "auto": pinned when the trainer's device is a CUDA GPU."""
+def resolve_pin_memory(requested: bool | str, device: str | None) -> bool:
+    """`requested` (a bool) as is; "auto": pinned when `device` is "cuda"."""
     if requested == AUTO:
-        return _on_gpu(trainer)
+        return device == "cuda"
     if not isinstance(requested, bool):
         raise InstsegError(f"data.pin_memory={requested!r}: expected true, false or {AUTO!r}")
     return requested

@@ -1,23 +1,15 @@
 """`data.num_workers: auto` / `data.pin_memory: auto`: what they resolve to for a trainer."""
 
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from instseg.data.datamodule import CocoDataModule
 from instseg.data.workers import MAX_AUTO_WORKERS, resolve_num_workers, resolve_pin_memory
 from instseg.utils.errors import InstsegError
 from tests.conftest import shared_data
-
-
-def _gpu_trainer(devices: int) -> SimpleNamespace:
-    """What the resolvers read of a Trainer on `devices` CUDA GPUs (none here to build one)."""
-    return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)),
-                           num_devices=devices)
 
 
 @pytest.mark.parametrize(("cpus", "devices", "expected"), [
@@ -28,16 +20,15 @@ def _gpu_trainer(devices: int) -> SimpleNamespace:
 ])
 def test_auto_workers_on_gpus_share_the_cpus_per_device(monkeypatch, cpus, devices, expected):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)))
-    trainer = _gpu_trainer(devices)
-    assert resolve_num_workers("auto", trainer) == expected
-    assert resolve_pin_memory("auto", trainer) is True
+    assert resolve_num_workers("auto", "cuda", devices) == expected
+    assert resolve_pin_memory("auto", "cuda") is True
 
 
-def test_auto_on_a_cpu_trainer_reads_in_the_main_process_without_pinning():
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False)
-    assert resolve_num_workers("auto", trainer) == 0
-    assert resolve_pin_memory("auto", trainer) is False
-    assert resolve_num_workers(3, trainer) == 3 and resolve_pin_memory(True, trainer) is True
+def test_auto_on_cpus_or_without_a_trainer_reads_in_the_main_process_without_pinning():
+    for device in ("cpu", None):
+        assert resolve_num_workers("auto", device) == 0
+        assert resolve_pin_memory("auto", device) is False
+    assert resolve_num_workers(3, "cpu") == 3 and resolve_pin_memory(True, "cpu") is True
 
 
 def test_the_datamodules_loaders_use_the_resolved_values():
@@ -59,7 +50,7 @@ def test_a_bad_value_fails_when_the_datamodule_is_built(option, value):
 
 
 def test_lightnings_hint_to_add_workers_is_dropped_where_auto_chose_none():
-    resolve_num_workers("auto", pl.Trainer(accelerator="cpu", devices=1, logger=False))
+    resolve_num_workers("auto", "cpu")
     with warnings.catch_warnings(record=True) as caught:
         warnings.warn("The 'train_dataloader' does not have many workers which may be a "
                       "bottleneck.", PossibleUserWarning, stacklevel=1)
