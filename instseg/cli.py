@@ -61,3 +61,11 @@ def stats(cfg: DictConfig) -> None:
 
     with exit_on_user_error():
         dataset_stats(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
+def export(cfg: DictConfig) -> None:
+    from instseg.tasks.export import export_model
+
+    with exit_on_user_error():
+        export_model(cfg)

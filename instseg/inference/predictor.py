@@ -14,6 +14,8 @@ Contract:
     predictor.render(image, detections, side_by_side=False) -> uint8 [3, H, W] (or [3, H, 2W]).
 min_size/max_size override the model's resize (800/1333 for the COCO models; a checkpoint
 keeps the size it was trained at when they are None).
+Predictor.from_exported(path, backend=...) runs a file written by instseg-export (ONNX by
+onnxruntime or openvino, TorchScript) through the same thresholding, pasting and drawing.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from instseg import configs
 from instseg.checkpoints.build import module_from_checkpoint, module_from_pretrained
 from instseg.data.categories import CategoryMap
 from instseg.data.images import read_rgb
+from instseg.export.runtimes import ExportedModel, load_exported
 from instseg.inference.optimize import optimize_for_inference
 from instseg.models.forward import predict_unpasted
 from instseg.models.tta import TestTimeAugmentation
@@ -41,7 +44,7 @@ AUTOCAST = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bflo
 
 class Predictor:
     def __init__(
-        self, net: MaskRCNN, categories: CategoryMap, score_threshold: float = 0.7,
+        self, net: MaskRCNN | ExportedModel, categories: CategoryMap, score_threshold: float = 0.7,
         min_size: int | None = None, max_size: int | None = None, device: str = "auto",
         optimize: bool = True, compile: bool = False, precision: str = "32-true",
         reuse_memory: bool = False, tta: bool = False,
@@ -52,7 +55,15 @@ class Predictor:
         glibc's allocator for the whole process, so it is off unless asked for).
         `precision`: 32-true, or 16-mixed / bf16-mixed for autocast inference on a CUDA
         device. `tta`: test-time augmentation (instseg.models.tta: the model's size times
-        each of `tta_scales`, each also flipped), as evaluate.py's eval.tta=true."""
+        each of `tta_scales`, each also flipped), as evaluate.py's eval.tta=true.
+        An ExportedModel `net` (from_exported) runs on the CPU as exported: the options
+        that change the model (optimize, compile, precision, sizes, tta) do not apply."""
+        if isinstance(net, ExportedModel):
+            changes = {"min_size": min_size, "max_size": max_size, "tta": tta or None,
+                       "compile": compile or None,
+                       "precision": None if precision == "32-true" else precision}
+            self._use_exported(net, categories, score_threshold, changes)
+            return
         if precision not in AUTOCAST:
             raise InstsegError(f"precision={precision!r}: expected one of {list(AUTOCAST)}")
         self.autocast_dtype = AUTOCAST[precision]
@@ -72,6 +83,30 @@ class Predictor:
         self.score_threshold = score_threshold
         self._predict = (TestTimeAugmentation(tuple(tta_scales)) if tta
                          else predict_unpasted)
+
+    def _use_exported(self, model: ExportedModel, categories: CategoryMap,
+                      score_threshold: float, changes: dict) -> None:
+        asked = [name for name, value in changes.items() if value is not None]
+        if asked:
+            raise InstsegError(f"{model.path}: an exported model runs as it was exported (its "
+                               f"size, fp32, no compile or test-time augmentation); leave "
+                               f"{', '.join(asked)} unset")
+        self.autocast_dtype = None
+        self.device = torch.device("cpu")
+        self.net = model
+        self.categories = categories
+        self.names = dict(zip(categories.category_ids, categories.names, strict=True))
+        self.score_threshold = score_threshold
+        self._predict = _run_exported
+
+    @classmethod
+    def from_exported(cls, path: str | Path, backend: str | None = None,
+                      score_threshold: float = 0.7, **kwargs) -> Predictor:
+        """A file written by instseg-export, run by `backend` (onnxruntime or openvino for
+        .onnx, torchscript for .pt; default by the file's suffix); class names from the
+        file's metadata. `kwargs` that change the model must be left unset."""
+        model = load_exported(path, backend)
+        return cls(model, model.categories, score_threshold=score_threshold, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> Predictor:
@@ -113,6 +148,10 @@ class Predictor:
         return Detections.from_output(
             {**kept, "image_size": output["image_size"]}, category_ids,
             class_names=[self.names[c] for c in category_ids], as_rle=False)
+
+
+def _run_exported(model: ExportedModel, batch: list[torch.Tensor]) -> list[dict]:
+    return model(batch)
 
 
 def to_uint8_image(image) -> torch.Tensor:

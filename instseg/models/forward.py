@@ -30,6 +30,13 @@ from torchvision.models.detection.transform import resize_boxes
 
 @torch.inference_mode()
 def predict_unpasted(net: MaskRCNN, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    return unpasted_detections(net, images)
+
+
+def unpasted_detections(net: MaskRCNN,
+                        images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """predict_unpasted without inference_mode: what an exporter traces (its graph keeps the
+    image sizes as values of the input's shape)."""
     original_sizes = [tuple(image.shape[-2:]) for image in images]
     batch, features = image_features(net, images)
     proposals, _ = net.rpn(batch, features)
@@ -68,7 +75,9 @@ def _roi_heads(heads: RoIHeads, features, proposals, image_sizes) -> list[dict]:
     pooled = heads.mask_roi_pool(features, boxes, image_sizes)
     mask_logits = labelled_mask_logits(heads.mask_predictor, heads.mask_head(pooled),
                                         torch.cat(labels))
-    mask_probs = mask_logits.sigmoid().split([len(b) for b in boxes])
+    mask_probs = mask_logits.sigmoid()
+    # One image: no split, whose sizes a traced (exported) graph would keep as constants.
+    mask_probs = [mask_probs] if len(boxes) == 1 else mask_probs.split([len(b) for b in boxes])
     return [{"boxes": b, "scores": s, "labels": lab, "mask_probs": m}
             for b, s, lab, m in zip(boxes, scores, labels, mask_probs, strict=True)]
 

@@ -47,7 +47,9 @@ def demo(cfg: DictConfig) -> dict[str, float]:
                    max_size=cfg.max_size, device=cfg.device, compile=cfg.get("compile", False),
                    precision=cfg.get("precision", "32-true"), reuse_memory=True,
                    tta=cfg.get("tta", False))
-    if cfg.get("ckpt"):
+    if cfg.get("exported"):
+        predictor = Predictor.from_exported(cfg.exported, cfg.get("backend"), **_exported(options))
+    elif cfg.get("ckpt"):
         predictor = Predictor.from_checkpoint(cfg.ckpt, **options)
     else:
         try:
@@ -58,6 +60,13 @@ def demo(cfg: DictConfig) -> dict[str, float]:
         predictor = Predictor(module.net, categories, **options)
     return run_demo(predictor, files, Path(cfg.output_dir), side_by_side=cfg.side_by_side,
                     video_output=cfg.video_output)
+
+
+def _exported(options: dict) -> dict:
+    """The demo's options that an exported model takes: the others keep their defaults
+    unless set, and the Predictor names the ones set."""
+    defaults = {"device": "auto", "reuse_memory": True}
+    return {k: v for k, v in options.items() if k not in defaults}
 
 
 def run_demo(predictor: Predictor, files: list[Path], output_dir: Path,

@@ -6,6 +6,9 @@ a results file, with metrics.json (and the predictions) written to the run direc
 - `model=... model.weights=... data=...`: a model config with its weights, on a data config.
 - `predictions=FILE data=...`: a COCO results file (no model), its records checked first;
   bbox-only results score bbox, and segm is reported not applicable.
+- `exported=FILE [backend=...] data=...`: a model written by instseg-export, run by
+  onnxruntime / openvino (.onnx) or torchscript (.pt), so that a deployed file can be
+  shown to keep its checkpoint's mAP.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from instseg.configs import model_config
 from instseg.evaluation.callback import CocoEvaluation
 from instseg.evaluation.coco import CocoEvaluator
 from instseg.evaluation.results import check_results, load_results
+from instseg.export.runtimes import ExportedModel, load_exported
 from instseg.inference.optimize import optimize_for_inference
 from instseg.models.build import instantiate_module
 from instseg.models.tta import TestTimeAugmentation
@@ -37,6 +41,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     quiet_lightning_tips()
     if cfg.get("predictions"):
         return _score_predictions(cfg)
+    if cfg.get("exported"):
+        return _score_exported(cfg)
     record: dict = {}
     if cfg.get("ckpt"):
         datamodule, module, record = _from_checkpoint(cfg)
@@ -70,6 +76,41 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                        "test_time_augmentation": _tta_summary(module)})
         note = f" (training logged {logged[MONITOR]:.4f} for this checkpoint)" if logged else ""
         print(f"{MONITOR} = {metrics[MONITOR]:.4f}{note}")
+    return metrics
+
+
+class ExportedModule(pl.LightningModule):
+    """An exported model in Lightning's validation loop (the same batches, callback and
+    report as a checkpoint's evaluation); it runs on the CPU, as exported."""
+
+    def __init__(self, model: ExportedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def validation_step(self, batch, batch_idx: int):
+        images, targets, _ = batch
+        if not images:
+            return None
+        return [t["image_id"] for t in targets], self.model(images)
+
+
+def _score_exported(cfg: DictConfig) -> dict[str, float]:
+    if cfg.get("data") is None:
+        raise InstsegError(f"exported={cfg.exported} needs data=... for the images and ground "
+                           "truth")
+    model = load_exported(cfg.exported, cfg.get("backend"))
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.use_label_space(model.categories)
+    evaluation = CocoEvaluation(backend=cfg.eval.backend)
+    trainer = instantiate(cfg.trainer, logger=False, accelerator="cpu", devices=1,
+                          callbacks=[pl.callbacks.RichProgressBar(), evaluation])
+    trainer.validate(ExportedModule(model), datamodule=datamodule)
+    metrics = evaluation.metrics
+    _write_report(cfg, evaluation.evaluator, metrics,
+                  {"exported": str(cfg.exported), "backend": model.backend,
+                   "export": model.metadata})
+    print(f"{MONITOR} = {metrics[MONITOR]:.4f} ({model.backend}, {cfg.exported})")
     return metrics
 
 
