@@ -5,6 +5,7 @@ same CPU, in one run, with the outputs compared.
                                          [--compile] [--device cuda]
                                          [--precisions 32-true 16-mixed] [--stages]
                                          [--convolutions]
+                                         [--backends compile onnxruntime openvino torchscript]
 
 plain:  `net.eval()`, `with torch.no_grad(): net([image])` (torchvision pastes every mask at
         full resolution as float), in a Python process of its own, as a user runs it.
@@ -21,6 +22,14 @@ of autocast inference (Predictor precision=16-mixed / bf16-mixed) against the sa
 plain run: their outputs are expected to differ by more than the fp32 tolerances.
 Outputs of the last run compared: same number of detections and labels, boxes and scores
 within 1e-3, every binary mask (> 0.5) with IoU >= 0.99 against the plain one.
+
+--backends: rows for other ways to run the same net, each against the same plain run:
+compile (ours with torch.compile of the convolutional parts), and onnxruntime, openvino
+(fp32) and torchscript running the file instseg-export writes for each size (dynamic; masks
+pasted outside the graph by instseg's paste, as ours), all in one process of their own. An
+exported file takes one image per call, so with --images 2 or more its detections are
+compared with a batched plain run, which pads every image to the batch's size and so
+detects differently: compare them at --images 1.
 
 --stages: then the seconds of each stage of ours (median of --runs), to see where the time goes.
 --convolutions: 3x3 convolutions of R50-FPN's shapes, oneDNN's direct ones against
@@ -59,6 +68,7 @@ from instseg.utils.memory import reuse_freed_memory
 
 SAMPLE = SHARED_DATA / "coco-sample" / "images"
 TOLERANCE, MIN_IOU = 1e-3, 0.99
+EXPORTED = {"onnxruntime": "onnx", "openvino": "onnx", "torchscript": "torchscript"}
 
 
 def load_model(ckpt: str | None):
@@ -145,11 +155,36 @@ def run_plain(net, images, size: int, args) -> dict:
     return result
 
 
-def run_ours(net, categories, images, size: int, args, precision: str) -> dict:
+def run_ours(net, categories, images, size: int, args, precision: str,
+             compile: bool = False) -> dict:
     predictor = Predictor(copy.deepcopy(net), categories, score_threshold=0.0, min_size=size,
                           max_size=round(size * 1333 / 800), device=args.device,
-                          compile=args.compile, precision=precision)
+                          compile=args.compile or compile, precision=precision)
+    return run_predictor(predictor, images, args)
 
+
+def run_exported(net, categories, images, size: int, args, folder: Path) -> dict:
+    """Every exported backend of args.backends on the net exported at `size`."""
+    from instseg.export import export
+
+    exported_net = copy.deepcopy(net)
+    set_size(exported_net, size)
+    results = {}
+    for export_format, suffix in (("onnx", ".onnx"), ("torchscript", ".pt")):
+        wanted = [b for b in args.backends if EXPORTED.get(b) == export_format]
+        if not wanted:
+            continue
+        start = time.perf_counter()
+        path = export(exported_net, categories, folder / f"model-{size}{suffix}", export_format)
+        print(f"exported {export_format} at {size} px in {time.perf_counter() - start:.0f} s",
+              flush=True)
+        for backend in wanted:
+            results[size, backend] = run_predictor(
+                Predictor.from_exported(path, backend, score_threshold=0.0), images, args)
+    return results
+
+
+def run_predictor(predictor: Predictor, images, args) -> dict:
     def run():
         return [{"boxes": i.boxes, "scores": i.scores, "category_ids": i.category_ids,
                  "masks": i.masks} for i in predictor.predict(images)]
@@ -169,6 +204,12 @@ def worker(args) -> None:
             for precision in args.precisions:
                 results[size, precision] = run_ours(net, categories, images, size, args,
                                                     precision)
+            if "compile" in args.backends:
+                results[size, "compile"] = run_ours(net, categories, images, size, args,
+                                                    "32-true", compile=True)
+        elif args.worker == "exported":
+            results |= run_exported(net, categories, images, size, args,
+                                    Path(args.out).parent)
         else:
             results[size] = run_plain(net, images, size, args)
     torch.save(results, args.out)
@@ -208,6 +249,8 @@ def main() -> None:
                         help="also time each stage of ours (CPU)")
     parser.add_argument("--convolutions", action="store_true",
                         help="also time direct vs Winograd 3x3 convolutions (CPU)")
+    parser.add_argument("--backends", nargs="+", default=[], choices=["compile", *EXPORTED],
+                        help="rows for torch.compile and exported runtimes (CPU)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args, argv = parser.parse_args(), sys.argv[1:]
@@ -219,18 +262,21 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; torch {torch.__version__}; "
           f"compile={args.compile}; device {describe(args.device)}", flush=True)
     roles = ["plain", "ours"] + (["plain-reused-memory"] if args.device == "cpu" else [])
+    roles += ["exported"] if set(args.backends) & set(EXPORTED) else []
     with tempfile.TemporaryDirectory() as folder:
         results = {role: in_subprocess(role, argv, Path(folder)) for role in roles}
     categories = results["ours"]["categories"]
-    print(f"{'size':>5} {'ours precision':>14} {'plain s':>8} {'ours s':>8} {'ratio':>6} "
+    print(f"{'size':>5} {'ours / runtime':>14} {'plain s':>8} {'ours s':>8} {'ratio':>6} "
           f"{'dets':>5} {'max|dbox|':>10} {'max|dscore|':>11} {'min IoU':>8} "
           f"{'match':>6} {'1st ours s':>10} {'plain, reused memory s':>22} "
           f"{'ratio vs it':>11}")
     for size in args.sizes:
         plain = results["plain"][size]
         reused = results.get("plain-reused-memory", {}).get(size)
-        for precision in args.precisions:
-            ours = results["ours"][size, precision]
+        paths = [*args.precisions, *(b for b in args.backends if b == "compile")]
+        rows = [(path, results["ours"][size, path]) for path in paths]
+        rows += [(b, results["exported"][size, b]) for b in args.backends if b in EXPORTED]
+        for precision, ours in rows:
             row = {"size": size, "precision": precision, "plain": plain["seconds"],
                    "ours": ours["seconds"], "first_ours": ours["first"],
                    "reused": reused and reused["seconds"]}

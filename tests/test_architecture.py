@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "instseg"
 # Lowest first; a room may import its own layer and those below it.
 LAYERS = [("utils", "configs"), ("structures",), ("data",), ("models",), ("evaluation",),
-          ("checkpoints",), ("inference",), ("tasks",), ("cli",)]
+          ("checkpoints",), ("export",), ("inference",), ("tasks",), ("cli",)]
 LAYER = {room: depth for depth, rooms in enumerate(LAYERS) for room in rooms}
 
 

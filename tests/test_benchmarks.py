@@ -62,9 +62,14 @@ def test_bench_augment_rates_every_augmentation_against_flip(tmp_path):
 def test_bench_inference_compares_plain_and_ours_on_a_trained_model(tiny_checkpoint, tmp_path):
     photos = shared_data("coco-sample", "images")
     out = run_benchmark("bench_inference.py", "--ckpt", str(tiny_checkpoint), "--sizes", "96",
-                        "--runs", "1", "--image-dir", str(photos), cwd=tmp_path)
-    row = next(line for line in out.splitlines() if line.split()[:2] == ["96", "32-true"])
-    assert len(row.split()) == 13  # size .. ratio vs 'plain, reused memory'
+                        "--runs", "1", "--image-dir", str(photos), "--backends",
+                        "onnxruntime", "openvino", "torchscript", cwd=tmp_path)
+    rows = {line.split()[1]: line.split() for line in out.splitlines()
+            if line.split()[:1] == ["96"]}
+    assert set(rows) == {"32-true", "onnxruntime", "openvino", "torchscript"}
+    assert len(rows["32-true"]) == 13  # size .. ratio vs 'plain, reused memory'
+    for backend in ("onnxruntime", "openvino", "torchscript"):
+        assert rows[backend][9] == "True", rows[backend]  # the plain net's detections
 
 
 def test_bench_gpu_train_dry_run_on_the_cpu(tmp_path):

@@ -67,8 +67,9 @@ class ExactSizeTransform(GeneralizedRCNNTransform):
 
 
 class DetectionGraph(nn.Module):
-    """`net` (a torchvision MaskRCNN, left unchanged) for one image, in eval mode with
-    ExactSizeTransform: see the module docstring for the inputs and outputs."""
+    """`net` (a torchvision MaskRCNN) for one image, with ExactSizeTransform in place of its
+    transform (on a shallow copy: `net` keeps its own, but its modules are set to eval
+    mode): see the module docstring for the inputs and outputs."""
 
     def __init__(self, net: MaskRCNN) -> None:
         super().__init__()

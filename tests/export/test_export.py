@@ -5,6 +5,8 @@ other than the one traced, and with no detections at all."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from instseg.data.images import read_rgb
 from instseg.export import export, load_exported
 from instseg.inference.predictor import Predictor
 from instseg.models.build import instantiate_module
+from instseg.structures.detections import Detections
 from instseg.tasks.export import export_model
 from instseg.utils.errors import InstsegError
 from tests.conftest import compose_config, shared_data
@@ -28,15 +31,17 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
 @pytest.fixture(scope="module")
 def tiny_exports(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
-    """The tiny trained model exported by the command, dynamic, as each format."""
+    """The tiny trained model exported, dynamic, as each format: ONNX by the task, and
+    TorchScript by the installed instseg-export command, as a user runs it."""
     root = tmp_path_factory.mktemp("exports")
-    paths = {}
-    for export_format in ("onnx", "torchscript"):
-        cfg = compose_config("export", [f"ckpt={tiny_checkpoint}", f"format={export_format}"],
-                             root / export_format)
-        export_model(cfg)
-        paths[export_format] = root / export_format / f"model{SUFFIX[export_format]}"
-    return paths
+    export_model(compose_config("export", [f"ckpt={tiny_checkpoint}"], root))
+    script = Path(sys.executable).parent / "instseg-export"
+    done = subprocess.run([str(script), f"ckpt={tiny_checkpoint}", "format=torchscript",
+                           f"output={root / 'model.pt'}", f"hydra.run.dir={root / 'run'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "exported torchscript (dynamic size" in done.stdout
+    return {"onnx": root / "model.onnx", "torchscript": root / "model.pt"}
 
 
 def _test_images(tiny_shapes: Path) -> list[torch.Tensor]:
@@ -153,6 +158,10 @@ def test_wrong_files_are_clear_errors(tiny_exports, tmp_path):
         load_exported(tmp_path / "absent.onnx")
     with pytest.raises(InstsegError, match="leave tta unset"):
         Predictor.from_exported(tiny_exports["onnx"], tta=True)
+    with pytest.raises(InstsegError, match="needs ckpt=PATH, or model="):
+        export_model(compose_config("export", [], tmp_path))
+    with pytest.raises(InstsegError, match="format='tflite'"):
+        export_model(compose_config("export", ["format=tflite"], tmp_path))
 
 
 def _confident_r50(categories: CategoryMap):
@@ -184,3 +193,28 @@ def test_exported_r50_fpn_returns_the_predictors_detections(tmp_path):
                                               score_atol=1e-3, threshold=0.05)
                        for image, wanted in zip(images, expected, strict=True))
         assert compared > 150, backend
+
+
+@pytest.mark.parametrize(("backend", "export_format"), [("openvino", "onnx")])
+def test_demo_writes_the_checkpoints_overlays_and_records_from_an_exported_file(
+        backend, export_format, tiny_exports, tiny_checkpoint, tiny_shapes, tmp_path):
+    from instseg.tasks.demo import demo
+
+    photos = sorted((tiny_shapes / "val").glob("*.png"))[:2]
+    inputs = f"input=[{','.join(str(p) for p in photos)}]"
+    runs = {}
+    for name, source in (("ckpt", f"ckpt={tiny_checkpoint}"),
+                         ("exported", f"exported={tiny_exports[export_format]}")):
+        out = tmp_path / name
+        demo(compose_config("demo", [inputs, source, f"backend={backend}",
+                                     "score_threshold=0.1", f"output_dir={out}"], out))
+        runs[name] = out
+    for photo in photos:
+        height, width = read_rgb(photo).shape[1:]
+        ours, theirs = (Detections.from_records(
+            json.loads((runs[n] / f"{photo.stem}.json").read_text()), height, width)
+            for n in ("exported", "ckpt"))
+        assert assert_same_detections(ours, theirs, box_atol=1e-2, score_atol=1e-4,
+                                      threshold=0.1) > 0
+        overlays = [read_rgb(runs[n] / f"{photo.stem}.png") for n in ("exported", "ckpt")]
+        assert overlays[0].shape == overlays[1].shape
