@@ -34,6 +34,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from instseg import __version__
 from instseg.data.categories import CategoryMap
+from instseg.export.extras import require
 from instseg.models.forward import unpasted_detections
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ def metadata(net: MaskRCNN, categories: CategoryMap, export_format: str, dynamic
 def export(net: MaskRCNN, categories: CategoryMap, path: str | Path, export_format: str,
            dynamic: bool = True, size: tuple[int, int] = (480, 640)) -> Path:
     """Writes `net` as `export_format` (onnx or torchscript) to `path`; traced on a random
-    image of `size` (H, W), the only size a `dynamic=False` export takes. Returns the path."""
+    image of `size` (H, W), the only size a `dynamic=False` export takes. `net` is moved to
+    the CPU and set to eval mode. Returns the path."""
     if export_format not in FORMATS:
         raise ValueError(f"format={export_format!r}: expected one of {list(FORMATS)}")
     path = Path(path)
@@ -133,8 +135,7 @@ def export(net: MaskRCNN, categories: CategoryMap, path: str | Path, export_form
 
 def _export_onnx(graph: DetectionGraph, example: torch.Tensor, path: Path, dynamic: bool,
                  about: dict) -> None:
-    import onnx
-
+    onnx = require("onnx", needed_by="format=onnx")
     axes = {"image": {1: "height", 2: "width"}} if dynamic else {}
     axes |= {"boxes": {0: "detections"}, "scores": {0: "detections"},
              "labels": {0: "detections"}, "mask_probs": {0: "detections"}}

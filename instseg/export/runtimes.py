@@ -14,7 +14,6 @@ optional extra (pip install -e ".[export]"); a missing one is an InstsegError na
 
 from __future__ import annotations
 
-import importlib
 import json
 import warnings
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from instseg.data.categories import CategoryMap
+from instseg.export.extras import require
 from instseg.export.graph import METADATA_FILE
 from instseg.utils.errors import InstsegError
 
@@ -79,12 +79,7 @@ def load_exported(path: str | Path, backend: str | None = None) -> ExportedModel
 
 
 def _require(backend: str):
-    name = _MODULES[backend]
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        raise InstsegError(f"{backend} needs the {name} package: pip install -e \".[export]\""
-                           ) from None
+    return require(_MODULES[backend], needed_by=backend)
 
 
 def _onnx_metadata(path: Path) -> dict:

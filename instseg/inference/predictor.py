@@ -61,7 +61,8 @@ class Predictor:
         if isinstance(net, ExportedModel):
             changes = {"min_size": min_size, "max_size": max_size, "tta": tta or None,
                        "compile": compile or None,
-                       "precision": None if precision == "32-true" else precision}
+                       "precision": None if precision == "32-true" else precision,
+                       "device": None if device in ("auto", "cpu") else device}
             self._use_exported(net, categories, score_threshold, changes)
             return
         if precision not in AUTOCAST:
@@ -88,9 +89,9 @@ class Predictor:
                       score_threshold: float, changes: dict) -> None:
         asked = [name for name, value in changes.items() if value is not None]
         if asked:
-            raise InstsegError(f"{model.path}: an exported model runs as it was exported (its "
-                               f"size, fp32, no compile or test-time augmentation); leave "
-                               f"{', '.join(asked)} unset")
+            raise InstsegError(f"{model.path}: an exported model runs as it was exported (on "
+                               "the CPU at its size, fp32, no compile or test-time "
+                               f"augmentation); leave {', '.join(asked)} unset")
         self.autocast_dtype = None
         self.device = torch.device("cpu")
         self.net = model

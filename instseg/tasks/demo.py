@@ -63,10 +63,9 @@ def demo(cfg: DictConfig) -> dict[str, float]:
 
 
 def _exported(options: dict) -> dict:
-    """The demo's options that an exported model takes: the others keep their defaults
-    unless set, and the Predictor names the ones set."""
-    defaults = {"device": "auto", "reuse_memory": True}
-    return {k: v for k, v in options.items() if k not in defaults}
+    """The demo's options for an exported model: the Predictor names the ones it cannot
+    take; the allocator setting is for the eager net's process only."""
+    return {k: v for k, v in options.items() if k != "reuse_memory"}
 
 
 def run_demo(predictor: Predictor, files: list[Path], output_dir: Path,

@@ -98,6 +98,11 @@ def _score_exported(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("data") is None:
         raise InstsegError(f"exported={cfg.exported} needs data=... for the images and ground "
                            "truth")
+    asked = [name for name, value in (("ckpt", cfg.get("ckpt")), ("eval.tta", cfg.eval.tta),
+                                      ("eval.compile", cfg.eval.compile)) if value]
+    if asked:
+        raise InstsegError(f"exported={cfg.exported} runs as it was exported: leave "
+                           f"{', '.join(asked)} unset")
     model = load_exported(cfg.exported, cfg.get("backend"))
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()

@@ -38,8 +38,9 @@ def export_model(cfg: DictConfig) -> dict[str, float]:
            size=tuple(int(side) for side in cfg.size))
     seconds = time.perf_counter() - start
     size_mb = path.stat().st_size / 2**20
-    backends = "onnxruntime|openvino" if cfg.format == "onnx" else "torchscript"
+    backends = ("backend=onnxruntime (or backend=openvino)" if cfg.format == "onnx"
+                else "backend=torchscript")
     print(f"exported {cfg.format} ({'dynamic' if cfg.dynamic else 'fixed'} size, "
           f"{size_mb:.1f} MB, {seconds:.0f} s) to {path}\n"
-          f"run it: instseg-demo input=... exported={path} backend={backends}")
+          f"run it: instseg-demo input=... exported={path} {backends}")
     return {"size_mb": size_mb, "seconds": seconds}

@@ -66,7 +66,7 @@ def test_exported_quickstart_model_returns_the_predictors_detections(
 
 
 @pytest.mark.parametrize(("backend", "export_format"), RUNTIMES)
-def test_no_detections_come_back_as_none(backend, export_format, tiny_checkpoint,
+def test_no_detections_come_back_empty(backend, export_format, tiny_checkpoint,
                                          tiny_shapes, tmp_path):
     """Exported with an in-graph threshold above a black image's best score but below a
     validation image's, so the graph has both cases."""
@@ -83,9 +83,9 @@ def test_no_detections_come_back_as_none(backend, export_format, tiny_checkpoint
     empty = exported(black)
     assert len(empty) == 0 and tuple(empty.masks.shape) == (0, 96, 96)
     assert empty.records() == []
-    expected = reference(image)
-    kept = expected.scores > threshold
-    assert len(exported(image)) == int(kept.sum()) > 0
+    kept = Predictor.from_checkpoint(tiny_checkpoint, score_threshold=threshold, device="cpu")
+    assert assert_same_detections(exported(image), kept(image), box_atol=1e-2,
+                                  score_atol=1e-4, threshold=threshold) > 0
 
 
 def test_fixed_size_export_takes_its_size_only(tiny_checkpoint, tiny_shapes, tmp_path):
@@ -140,14 +140,20 @@ def _recorded_data_overrides(checkpoint: Path) -> list[str]:
     return [f"data.{key}={data[key]}" for key in keys] + ["data.num_workers=0"]
 
 
-def test_a_missing_runtime_names_the_extra(tiny_exports, monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "openvino", None)  # import fails
+def test_a_missing_runtime_names_the_extra(tiny_exports, tiny_checkpoint, monkeypatch,
+                                           tmp_path):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import fails
     with pytest.raises(InstsegError, match=r'openvino needs the openvino package: pip install '
                                            r'-e "\.\[export\]"'):
         load_exported(tiny_exports["onnx"], "openvino")
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(InstsegError, match=r"format=onnx needs the onnx package"):
+        export_model(compose_config("export", [f"ckpt={tiny_checkpoint}"], tmp_path))
 
 
 def test_wrong_files_are_clear_errors(tiny_exports, tmp_path):
+    from instseg.tasks.evaluate import evaluate
+
     with pytest.raises(InstsegError, match=r"model\.pt: not an ONNX file onnxruntime can read"):
         load_exported(tiny_exports["torchscript"], "onnxruntime")
     junk = tmp_path / "junk.onnx"
@@ -158,6 +164,11 @@ def test_wrong_files_are_clear_errors(tiny_exports, tmp_path):
         load_exported(tmp_path / "absent.onnx")
     with pytest.raises(InstsegError, match="leave tta unset"):
         Predictor.from_exported(tiny_exports["onnx"], tta=True)
+    with pytest.raises(InstsegError, match="leave device unset"):
+        Predictor.from_exported(tiny_exports["onnx"], device="cuda")
+    with pytest.raises(InstsegError, match="leave eval.tta unset"):
+        evaluate(compose_config("evaluate", [f"exported={tiny_exports['onnx']}", "data=shapes",
+                                             "eval.tta=true"], tmp_path))
     with pytest.raises(InstsegError, match="needs ckpt=PATH, or model="):
         export_model(compose_config("export", [], tmp_path))
     with pytest.raises(InstsegError, match="format='tflite'"):
@@ -165,15 +176,20 @@ def test_wrong_files_are_clear_errors(tiny_exports, tmp_path):
 
 
 def _confident_r50(categories: CategoryMap):
-    """R50-FPN with seeded random weights at 320-512 px. Random weights give mask
-    probabilities near 0.5 everywhere, where any rounding flips pixels; the mask classifier
-    is scaled so that masks are as decided as a trained model's."""
+    """R50-FPN with seeded random weights at 320-512 px, scaled where random weights are
+    unlike a trained model's. Their mask probabilities sit near 0.5 everywhere, where any
+    rounding flips pixels: the mask classifier is scaled up so that masks are as decided as
+    a trained model's. Their box regressors move boxes by hundreds of pixels, which turns
+    rounding into 0.05 px, a row of a thin mask: the RPN's and the box head's are scaled
+    down to a trained model's few pixels."""
     torch.manual_seed(0)
     cfg = configs.compose("demo", ["model=r50_fpn", "model.weights=null"])
     net = instantiate_module(configs.model_config(cfg, categories.num_classes)).net.eval()
     net.transform.min_size, net.transform.max_size = (320,), 512
     with torch.no_grad():
         net.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(20)
+        net.roi_heads.box_predictor.bbox_pred.weight.mul_(0.1)
+        net.rpn.head.bbox_pred.weight.mul_(0.1)
     return net
 
 
@@ -186,13 +202,18 @@ def test_exported_r50_fpn_returns_the_predictors_detections(tmp_path):
                           device="cpu")
     photos = sorted(shared_data("demo-images").glob("*.jpg"))[:2]  # 600x900 and 600x906
     images = [read_rgb(photo) for photo in photos]
+    images.append(resize(images[0], [450, 300]))  # portrait (traced: 480x640 landscape)
     expected = [reference(image) for image in images]
     for backend, export_format in RUNTIMES:
         exported = Predictor.from_exported(paths[export_format], backend, score_threshold=0.0)
+        # Random weights give many boxes overlapping near NMS's IoU of 0.5, where rounding
+        # may flip a suppression, which can free one more box: two detections per image
+        # may differ (a trained model's may not: the quickstart tests above allow none).
         compared = sum(assert_same_detections(exported(image), wanted, box_atol=0.1,
-                                              score_atol=1e-3, threshold=0.05)
+                                              score_atol=1e-3, threshold=0.05, cap=100,
+                                              max_unmatched=2)
                        for image, wanted in zip(images, expected, strict=True))
-        assert compared > 150, backend
+        assert compared > 200, backend
 
 
 @pytest.mark.parametrize(("backend", "export_format"), [("openvino", "onnx")])
@@ -217,4 +238,5 @@ def test_demo_writes_the_checkpoints_overlays_and_records_from_an_exported_file(
         assert assert_same_detections(ours, theirs, box_atol=1e-2, score_atol=1e-4,
                                       threshold=0.1) > 0
         overlays = [read_rgb(runs[n] / f"{photo.stem}.png") for n in ("exported", "ckpt")]
-        assert overlays[0].shape == overlays[1].shape
+        differing = (overlays[0] != overlays[1]).any(0).float().mean().item()
+        assert differing < 0.01  # the masks agree to IoU >= 0.99, the rest is drawn alike
