@@ -28,8 +28,6 @@ from instseg.export.graph import METADATA_FILE
 from instseg.utils.errors import InstsegError
 
 BACKENDS = {"onnxruntime": "onnx", "openvino": "onnx", "torchscript": "torchscript"}
-_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torchscript": "torch",
-            "onnx": "onnx"}
 
 
 class ExportedModel:
@@ -78,33 +76,31 @@ def load_exported(path: str | Path, backend: str | None = None) -> ExportedModel
     return ExportedModel(path, backend, run, about)
 
 
-def _require(backend: str):
-    return require(_MODULES[backend], needed_by=backend)
+def _instseg_metadata(path: Path, text: str | None) -> dict:
+    """The metadata instseg-export writes into every file, parsed."""
+    if not text:
+        raise InstsegError(f"{path}: a {path.suffix} file without instseg's metadata (export "
+                           "it with instseg-export)")
+    return json.loads(text)
 
 
 def _onnx_metadata(path: Path) -> dict:
-    onnx = _require("onnx")
+    onnx = require("onnx", needed_by="openvino")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf's DecodeError and friends
         raise InstsegError(f"{path}: not an ONNX file ({error})") from None
     props = {p.key: p.value for p in model.metadata_props}
-    if "instseg" not in props:
-        raise InstsegError(f"{path}: an ONNX file without instseg's metadata (export it with "
-                           "instseg-export)")
-    return json.loads(props["instseg"])
+    return _instseg_metadata(path, props.get("instseg"))
 
 
 def _onnxruntime(path: Path):
-    ort = _require("onnxruntime")
+    ort = require("onnxruntime")
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime's own exception types
         raise InstsegError(f"{path}: not an ONNX file onnxruntime can read ({error})") from None
-    about = json.loads(session.get_modelmeta().custom_metadata_map.get("instseg", "{}"))
-    if not about:
-        raise InstsegError(f"{path}: an ONNX file without instseg's metadata (export it with "
-                           "instseg-export)")
+    about = _instseg_metadata(path, session.get_modelmeta().custom_metadata_map.get("instseg"))
 
     def run(image: torch.Tensor):
         return session.run(None, {"image": image.numpy()})
@@ -113,11 +109,10 @@ def _onnxruntime(path: Path):
 
 
 def _openvino(path: Path):
-    ov = _require("openvino")
+    ov = require("openvino")
     about = _onnx_metadata(path)
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     outputs = [compiled.output(i) for i in range(4)]
-
     threshold = about["box_score_thresh"]
 
     def run(image: torch.Tensor):
@@ -139,13 +134,11 @@ def _torchscript(path: Path):
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
         except RuntimeError as error:
             raise InstsegError(f"{path}: not a TorchScript file ({error})") from None
-    if not files[METADATA_FILE]:
-        raise InstsegError(f"{path}: a TorchScript file without instseg's metadata (export it "
-                           "with instseg-export)")
+    about = _instseg_metadata(path, files[METADATA_FILE])
     module.eval()
 
     @torch.inference_mode()
     def run(image: torch.Tensor):
         return module(image)
 
-    return run, json.loads(files[METADATA_FILE])
+    return run, about

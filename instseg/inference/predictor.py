@@ -58,12 +58,15 @@ class Predictor:
         each of `tta_scales`, each also flipped), as evaluate.py's eval.tta=true.
         An ExportedModel `net` (from_exported) runs on the CPU as exported: the options
         that change the model (optimize, compile, precision, sizes, tta) do not apply."""
+        self.categories = categories
+        self.names = dict(zip(categories.category_ids, categories.names, strict=True))
+        self.score_threshold = score_threshold
         if isinstance(net, ExportedModel):
             changes = {"min_size": min_size, "max_size": max_size, "tta": tta or None,
                        "compile": compile or None,
                        "precision": None if precision == "32-true" else precision,
                        "device": None if device in ("auto", "cpu") else device}
-            self._use_exported(net, categories, score_threshold, changes)
+            self._use_exported(net, changes)
             return
         if precision not in AUTOCAST:
             raise InstsegError(f"precision={precision!r}: expected one of {list(AUTOCAST)}")
@@ -79,14 +82,10 @@ class Predictor:
             self.net.transform.min_size = (int(min_size),)
         if max_size is not None:
             self.net.transform.max_size = int(max_size)
-        self.categories = categories
-        self.names = dict(zip(categories.category_ids, categories.names, strict=True))
-        self.score_threshold = score_threshold
         self._predict = (TestTimeAugmentation(tuple(tta_scales)) if tta
                          else predict_unpasted)
 
-    def _use_exported(self, model: ExportedModel, categories: CategoryMap,
-                      score_threshold: float, changes: dict) -> None:
+    def _use_exported(self, model: ExportedModel, changes: dict) -> None:
         asked = [name for name, value in changes.items() if value is not None]
         if asked:
             raise InstsegError(f"{model.path}: an exported model runs as it was exported (on "
@@ -95,9 +94,6 @@ class Predictor:
         self.autocast_dtype = None
         self.device = torch.device("cpu")
         self.net = model
-        self.categories = categories
-        self.names = dict(zip(categories.category_ids, categories.names, strict=True))
-        self.score_threshold = score_threshold
         self._predict = _run_exported
 
     @classmethod

@@ -23,7 +23,7 @@ from instseg.structures.detections import Detections
 from instseg.tasks.export import export_model
 from instseg.utils.errors import InstsegError
 from tests.conftest import compose_config, shared_data
-from tests.export.parity import assert_same_detections
+from tests.parity import assert_same_detections
 
 RUNTIMES = [("onnxruntime", "onnx"), ("openvino", "onnx"), ("torchscript", "torchscript")]
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}

@@ -19,12 +19,7 @@ from instseg.inference.predictor import Predictor
 from instseg.inference.roi_pooling import SparseRoIAlign
 from instseg.inference.winograd import WinogradConv2d
 from tests.conftest import shared_data
-
-
-def _mask_iou(plain: torch.Tensor, ours: torch.Tensor) -> torch.Tensor:
-    inter = (plain & ours).flatten(1).sum(1).double()
-    union = (plain | ours).flatten(1).sum(1).double()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+from tests.parity import mask_ious
 
 
 @pytest.mark.parametrize("size", [96, 320])
@@ -50,7 +45,7 @@ def test_optimised_predictor_matches_the_plain_torchvision_net(tiny_checkpoint, 
         assert categories.to_category_ids(expected["labels"]) == got.category_ids.tolist()
         torch.testing.assert_close(got.boxes, expected["boxes"], atol=1e-3, rtol=0)
         torch.testing.assert_close(got.scores, expected["scores"], atol=1e-3, rtol=0)
-        assert _mask_iou(expected["masks"][:, 0] > 0.5, got.masks).min() >= 0.99
+        assert mask_ious(expected["masks"][:, 0] > 0.5, got.masks).min() >= 0.99
 
 
 @pytest.mark.parametrize("norm", [nn.BatchNorm2d, FrozenBatchNorm2d])

@@ -1,4 +1,5 @@
-"""Detections compared across runtimes: the same set, to a stated tolerance."""
+"""Detections and masks compared across inference paths (optimised, exported): the same
+set, to a stated tolerance."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import torch
 from instseg.structures.detections import Detections
 
 
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    union = (a | b).sum().item()
-    return 1.0 if union == 0 else (a & b).sum().item() / union
+def mask_ious(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of each pair of bool masks [N, H, W] (1 where both are empty), float64 [N]."""
+    inter = (a & b).flatten(1).sum(1).double()
+    union = (a | b).flatten(1).sum(1).double()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
 def assert_same_detections(ours: Detections, reference: Detections, box_atol: float,
@@ -41,7 +44,7 @@ def assert_same_detections(ours: Detections, reference: Detections, box_atol: fl
             missing.append(f"{reference.scores[j]:.4f} at {reference.boxes[j].tolist()}")
             continue
         unused.discard(match)
-        iou = mask_iou(ours.masks[match], reference.masks[j])
+        iou = mask_ious(ours.masks[match][None], reference.masks[j][None]).item()
         assert iou >= min_mask_iou, (j, iou)
     left_over = [f"{ours.scores[i]:.4f} at {ours.boxes[i].tolist()}" for i in sorted(unused)]
     assert len(missing) <= max_unmatched and len(left_over) <= max_unmatched, \
