@@ -14,23 +14,28 @@ ground truth) and a precision-recall figure where the logger draws figures (Tens
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 import pytorch_lightning as pl
 
-from instseg.evaluation.coco import CocoEvaluator
+from instseg.evaluation.coco import SCORING_TIMEOUT, CocoEvaluator
 from instseg.evaluation.plots import precision_recall_figure
 
 
 class CocoEvaluation(pl.Callback):
-    def __init__(self, backend: str = "faster_coco_eval") -> None:
+    def __init__(self, backend: str = "faster_coco_eval",
+                 timeout: timedelta = SCORING_TIMEOUT) -> None:
+        """timeout: how long other ranks wait for rank 0's scoring (`CocoEvaluator`)."""
         self.backend = backend
+        self.timeout = timeout
         self.evaluator: CocoEvaluator | None = None
         self.metrics: dict[str, float] = {}
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
         datamodule = trainer.datamodule
         self.evaluator = CocoEvaluator(datamodule.val_coco, datamodule.categories,
-                                       backend=self.backend, verbose=trainer.is_global_zero)
+                                       backend=self.backend, verbose=trainer.is_global_zero,
+                                       timeout=self.timeout)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:

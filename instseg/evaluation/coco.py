@@ -16,13 +16,21 @@ torch.distributed the detections are gathered, images seen twice (a distributed 
 the last batch) are counted once, rank 0 computes and every rank receives the
 same numbers, with pycocotools or faster-coco-eval (same numbers, faster;
 `instseg.evaluation.cocoeval.run_cocoeval` is the scoring step).
+
+Waiting ranks do not stall DDP: the gather and the wait for rank 0's numbers run on a gloo
+process group made for the evaluation (CPU tensors, its own `timeout`, two hours by default),
+not on the training group. An NCCL group's watchdog aborts a rank whose collective waits past
+its timeout (often minutes), and scoring COCO val on rank 0 takes minutes; on the gloo group
+the other ranks wait on the CPU, and the NCCL group sees no collective until they return.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
 
 import numpy as np
 import torch.distributed as dist
@@ -39,6 +47,22 @@ STAT_NAMES = (
     "mAP", "mAP50", "mAP75", "mAP_s", "mAP_m", "mAP_l",
     "mAR1", "mAR10", "mAR100", "mAR_s", "mAR_m", "mAR_l",
 )
+# How long ranks wait for rank 0's scoring (LVIS val on 2 cores takes tens of minutes).
+SCORING_TIMEOUT = timedelta(hours=2)
+
+
+@contextmanager
+def evaluation_group(timeout: timedelta = SCORING_TIMEOUT) -> Iterator:
+    """A gloo process group of every rank, with `timeout`, for the evaluation's collectives
+    (None outside torch.distributed); every rank must enter it, as any collective."""
+    if not dist.is_initialized():
+        yield None
+        return
+    group = dist.new_group(backend="gloo", timeout=timeout)
+    try:
+        yield group
+    finally:
+        dist.destroy_process_group(group)
 
 
 def per_category_ap(evaluator) -> dict[int, float]:
@@ -89,8 +113,11 @@ class CocoEvaluator:
         backend: str = "faster_coco_eval",
         iou_types: Sequence[str] = IOU_TYPES,
         verbose: bool = True,
+        timeout: timedelta = SCORING_TIMEOUT,
     ) -> None:
+        """timeout: how long other ranks wait for rank 0's scoring (module docstring)."""
         self.coco_gt = coco_gt
+        self.timeout = timeout
         self.categories = categories
         self.backend = backend
         self.iou_types = tuple(iou_types)
@@ -114,14 +141,15 @@ class CocoEvaluator:
 
     def evaluate(self) -> dict[str, float]:
         """Flat metrics `{iou_type}_{stat}` over every image processed on any rank."""
-        image_ids, self.results = self._gather()
-        computed = None
-        if not dist.is_initialized() or dist.get_rank() == 0:
-            computed = self.score(image_ids, self.results)
-        if dist.is_initialized():
-            box = [computed]
-            dist.broadcast_object_list(box, src=0)
-            computed = box[0]
+        with evaluation_group(self.timeout) as group:
+            image_ids, self.results = self._gather(group)
+            computed = None
+            if group is None or dist.get_rank() == 0:
+                computed = self.score(image_ids, self.results)
+            if group is not None:
+                box = [computed]
+                dist.broadcast_object_list(box, src=0, group=group)
+                computed = box[0]
         metrics, self.category_ap, self.pr_curves = computed
         return metrics
 
@@ -164,11 +192,11 @@ class CocoEvaluator:
                         path, left_out)
         return written
 
-    def _gather(self) -> tuple[list[int], list[Detections]]:
-        if not dist.is_initialized():
+    def _gather(self, group) -> tuple[list[int], list[Detections]]:
+        if group is None:
             return self.image_ids, self.detections
         parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, (self.image_ids, self.detections))
+        dist.all_gather_object(parts, (self.image_ids, self.detections), group=group)
         seen: set[int] = set()
         image_ids, detections = [], []
         for rank_ids, rank_detections in parts:

@@ -4,6 +4,7 @@ datamodule, the groups of a config instantiated, and the metric a sweep optimise
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
@@ -11,6 +12,7 @@ from omegaconf import DictConfig
 
 from instseg.checkpoints.build import pretrained_weights
 from instseg.configs import model_config
+from instseg.evaluation.callback import CocoEvaluation
 from instseg.models.build import instantiate_module
 from instseg.models.weights import load_pretrained
 
@@ -22,6 +24,12 @@ def run_options(cfg: DictConfig) -> dict:
     """The LightningModule's run options from the task's config (cfg.runtime): how the run
     treats the model, not what the model is."""
     return dict(cfg.get("runtime") or {})
+
+
+def evaluation_callback(cfg: DictConfig) -> CocoEvaluation:
+    """The validation callback of cfg.eval (backend, how long ranks wait for scoring)."""
+    minutes = cfg.eval.get("scoring_timeout_min", 120)
+    return CocoEvaluation(backend=cfg.eval.backend, timeout=timedelta(minutes=minutes))
 
 
 def build_module(cfg: DictConfig, datamodule, **options) -> tuple[pl.LightningModule, dict]:

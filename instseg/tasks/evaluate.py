@@ -24,14 +24,13 @@ from omegaconf import DictConfig
 from instseg.checkpoints.build import module_from_checkpoint
 from instseg.checkpoints.fit import DATA_TARGETS, check_fits, check_targets, config_differences
 from instseg.configs import model_config
-from instseg.evaluation.callback import CocoEvaluation
 from instseg.evaluation.coco import CocoEvaluator
 from instseg.evaluation.results import check_results, load_results
 from instseg.export.runtimes import ExportedModel, load_exported
 from instseg.inference.optimize import optimize_for_inference
 from instseg.models.build import instantiate_module
 from instseg.models.tta import TestTimeAugmentation
-from instseg.tasks.common import MONITOR, build_module, run_options
+from instseg.tasks.common import MONITOR, build_module, evaluation_callback, run_options
 from instseg.utils.errors import InstsegError
 from instseg.utils.logs import quiet_lightning_tips
 
@@ -56,7 +55,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.eval.get("tta"):
         module.test_time_augmentation = TestTimeAugmentation(tuple(cfg.eval.tta_scales),
                                                              bool(cfg.eval.tta_flip))
-    evaluation = CocoEvaluation(backend=cfg.eval.backend)
+    evaluation = evaluation_callback(cfg)
     trainer = instantiate(cfg.trainer, logger=False,
                           callbacks=[pl.callbacks.RichProgressBar(), evaluation])
     # Inference only from here, optimised for the device it will run on (the CPU-only
@@ -107,7 +106,7 @@ def _score_exported(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.use_label_space(model.categories)
-    evaluation = CocoEvaluation(backend=cfg.eval.backend)
+    evaluation = evaluation_callback(cfg)
     trainer = instantiate(cfg.trainer, logger=False, accelerator="cpu", devices=1,
                           callbacks=[pl.callbacks.RichProgressBar(), evaluation])
     trainer.validate(ExportedModule(model), datamodule=datamodule)

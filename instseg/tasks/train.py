@@ -24,9 +24,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from instseg.checkpoints.fit import check_fits, config_differences
 from instseg.checkpoints.io import resume_path
 from instseg.checkpoints.record import RecordRun, load_checkpoint
-from instseg.evaluation.callback import CocoEvaluation
 from instseg.models.schedules import linear_scaling
-from instseg.tasks.common import build_module, instantiate_group, run_options
+from instseg.tasks.common import build_module, evaluation_callback, instantiate_group, run_options
 from instseg.utils.environment import write_environment
 from instseg.utils.logs import quiet_lightning_tips
 from instseg.utils.sweeps import ddp_children_run_this_job
@@ -47,7 +46,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with open_dict(run):
         run.model = model
         run.num_classes = datamodule.categories.num_classes
-    evaluation = CocoEvaluation(backend=run.eval.backend)
+    evaluation = evaluation_callback(run)
     config = OmegaConf.to_container(run, resolve=True)
     record = RecordRun(config, datamodule.categories, evaluation)
     callbacks = [*instantiate_group(run.get("callbacks")), evaluation, record]
