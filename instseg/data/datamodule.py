@@ -23,9 +23,11 @@ from instseg.data.copy_paste import CopyPaste
 from instseg.data.samplers import (
     EpochSampler,
     GroupedBatchSampler,
+    RepeatFactorSampler,
     ResumableBatchSampler,
     ResumableDataLoader,
     aspect_ratio_groups,
+    repeat_factors,
 )
 from instseg.data.synthetic import generate_shapes
 from instseg.data.transforms import evaluation_transforms, training_transforms
@@ -56,8 +58,12 @@ class CocoDataModule(pl.LightningDataModule):
         group_aspect_ratio: bool = False,
         max_image_side: int = MAX_IMAGE_SIDE,
         copy_paste: CopyPaste | None = None,
+        repeat_factor_threshold: float | None = None,
     ) -> None:
         """`max_image_side`: training images with a longer side are downscaled when read.
+        `repeat_factor_threshold`: repeat-factor sampling of the training images with this
+        threshold t (LVIS recipes: 0.001; instseg.data.samplers.repeat_factors), or None
+        for each image once per epoch; single-process training only.
         `train_transforms`: instseg.data.transforms.training_transforms(...) (default: a
         horizontal flip with probability 0.5); `copy_paste`: pasting between the training
         images of a batch (instseg.data.copy_paste), or None. `num_workers` / `pin_memory`:
@@ -80,6 +86,10 @@ class CocoDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.group_aspect_ratio = group_aspect_ratio
         self.max_image_side = max_image_side
+        if repeat_factor_threshold is not None and not repeat_factor_threshold > 0:
+            raise InstsegError(f"data.repeat_factor_threshold must be > 0 or null, got "
+                               f"{repeat_factor_threshold!r}")
+        self.repeat_factor_threshold = repeat_factor_threshold
         self.label_space: CategoryMap | None = None
         self.train_set: CocoInstances | None = None
         self.val_set: CocoInstances | None = None
@@ -164,7 +174,7 @@ class CocoDataModule(pl.LightningDataModule):
         # seed_everything's, or a random 64-bit one; a resumed run's is the checkpoint's
         seed = resume.get("seed", torch.initial_seed() % 2**63)
         self._train_seed = seed
-        sampler = EpochSampler(len(self.train_set), seed=seed)
+        sampler = self._train_sampler(seed)
         start = resume.get("train_position")
         if self.group_aspect_ratio:
             infos = [self.train_set.coco.imgs[i] for i in self.train_set.image_ids]
@@ -180,6 +190,22 @@ class CocoDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(seed),
             progress=self._train_progress if self.trainer else None,
         )
+
+    def _train_sampler(self, seed: int) -> EpochSampler:
+        """Each training image once per epoch, or by its repeat factor (see __init__)."""
+        if self.repeat_factor_threshold is None:
+            return EpochSampler(len(self.train_set), seed=seed)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # Lightning would replace the sampler by its DistributedSampler, silently
+            # dropping the repeat factors.
+            raise InstsegError("data.repeat_factor_threshold (repeat-factor sampling) runs "
+                               "in one process only; set it to null for multi-process "
+                               f"training ({self.trainer.world_size} processes)")
+        annotations = self.train_set.annotations
+        factors = repeat_factors(
+            [[a["category_id"] for a in annotations[i]] for i in self.train_set.image_ids],
+            self.repeat_factor_threshold)
+        return RepeatFactorSampler(factors, seed=seed)
 
     def _worker_options(self) -> dict:
         """num_workers, pin_memory and persistent_workers of a loader for self.trainer."""

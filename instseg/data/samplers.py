@@ -16,6 +16,12 @@ it back from them; the datamodule keeps a copy in its own state too (see
 CocoDataModule.state_dict: Lightning drops the loader's when the loader was built before the
 restore). Under DDP Lightning substitutes its DistributedSampler (same order for a given seed
 and epoch, augmentation from the global RNG).
+
+Repeat-factor sampling (LVIS recipes; detectron2's RepeatFactorTrainingSampler):
+`RepeatFactorSampler` is an EpochSampler whose epochs show each image about its repeat factor
+(`repeat_factors`) times, images of rare categories more often; still a function of (seed,
+epoch) alone, so resume stays exact. It runs in one process: under DDP Lightning would put
+its DistributedSampler in its place, so the datamodule refuses that combination.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
@@ -49,6 +55,69 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def repeat_factors(image_categories: Sequence[Iterable[int]], threshold: float) -> list[float]:
+    """Each image's repeat factor, as detectron2's
+    RepeatFactorTrainingSampler.repeat_factors_from_category_frequency computes it: per
+    category, f_c = the fraction of the images that contain it and r_c = max(1, sqrt(t / f_c))
+    (t = `threshold`, 0.001 in the LVIS recipes); an image's factor is the largest r_c of its
+    categories (1 for an image without any). `image_categories`: the category ids of each
+    image's annotations."""
+    if not threshold > 0:
+        raise ValueError(f"repeat-factor threshold must be > 0, got {threshold!r}")
+    per_image = [set(categories) for categories in image_categories]
+    images_with: Counter = Counter(c for categories in per_image for c in categories)
+    count = len(per_image)
+    category_factor = {c: max(1.0, math.sqrt(threshold / (n / count)))
+                       for c, n in images_with.items()}
+    return [max((category_factor[c] for c in categories), default=1.0)
+            for categories in per_image]
+
+
+class RepeatFactorSampler(EpochSampler):
+    """An EpochSampler over images with repeat factors r_i >= 1 (`repeat_factors`): each
+    epoch holds image i floor(r_i) times and once more with probability r_i - floor(r_i)
+    (detectron2's stochastic rounding, drawn anew each epoch), in a random order, all a
+    function of (seed, epoch) alone.
+
+    Every epoch has the same length, round(sum r_i), since Lightning counts an epoch's
+    batches once (its progress, the LR schedule's estimated steps and exact resume rely on
+    it): the rounded draw, whose size differs from that by a few draws' worth (about
+    sqrt(sum of p(1 - p)) over the fractional parts p), is cut at that length or continued
+    from its beginning, so each image's expected count is r_i up to that small fraction.
+    The k-th occurrence of an image in an epoch gets a draw seed of its own, so repeats are
+    augmented differently."""
+
+    def __init__(self, factors: Sequence[float], seed: int) -> None:
+        factors_t = torch.as_tensor(list(factors), dtype=torch.float64)
+        if len(factors_t) and not bool((factors_t >= 1).all()):
+            raise ValueError("repeat factors must be >= 1")
+        super().__init__(len(factors_t), seed)
+        self.factors = factors_t
+        self.length = int(torch.round(factors_t.sum()).item())
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        draw_seed = (self.seed * 100_003 + self.epoch) % 2**63
+        generator = torch.Generator().manual_seed(draw_seed)
+        whole = torch.floor(self.factors)
+        extra = torch.rand(len(self.factors), generator=generator, dtype=torch.float64)
+        counts = (whole + (extra < self.factors - whole)).long()
+        drawn = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        order = drawn[torch.randperm(len(drawn), generator=generator)]
+        if len(order) < self.length:  # at most len(order) short: sum floor(r) >= n
+            order = torch.cat([order, order[:self.length - len(order)]])
+        return self._keys(draw_seed, order[:self.length].tolist())
+
+    @staticmethod
+    def _keys(draw_seed: int, order: list[int]) -> Iterator[tuple[int, int]]:
+        occurrences: Counter = Counter()
+        for index in order:
+            yield (draw_seed + occurrences[index] * 7_919) % 2**63, index
+            occurrences[index] += 1
+
+    def __len__(self) -> int:
+        return self.length
 
 
 class ResumableBatchSampler(BatchSampler):

@@ -11,6 +11,11 @@ loadRes index and a per-image evaluation for every (category, area range, image)
     into one COCOeval's layout before that slice's accumulate.
 Each slice holds about `chunk_detections` detections. The 12 stats, precision and recall are
 exactly those of one COCOeval over everything (tested against it, both backends).
+
+LVIS ground truth (`lvis=True`, or by default whenever `instseg.evaluation.lvis.is_lvis` finds
+it LVIS-format) is scored with LVIS's federated rules, 300 detections per image and the 13
+LVIS stats, equal to the official `lvis` package's (faster-coco-eval backend only; what it
+takes beyond faster-coco-eval's LVIS mode is in `instseg.evaluation.lvis`).
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from pycocotools.coco import COCO
 
+from instseg.evaluation import lvis as lvis_rules
 from instseg.evaluation.records import records_by_image, records_of
 from instseg.structures.detections import Detections
+from instseg.utils.errors import InstsegError
 
 BACKENDS = ("faster_coco_eval", "pycocotools")
 # Detections loaded and matched at a time (~0.1 GB at COCO-like sizes).
@@ -43,22 +50,32 @@ def run_cocoeval(
     verbose: bool = True,
     mask_areas: bool = False,
     chunk_detections: int = CHUNK_DETECTIONS,
+    lvis: bool | None = None,
 ):
     """The accumulated and summarised COCOeval of `results` against `coco_gt`.
 
     `results` are COCO results records and/or `Detections`, treated exactly as
     `COCO.loadRes` treats records (mask_areas: see `records_of`). `image_ids` restricts
     evaluation (default: all gt images). `coco_gt` may already be the backend's COCO class
-    (`backend_ground_truth`), to index once. The returned evaluator's `eval`, `stats` and
-    `params` cover everything; its `cocoDt` holds the last slice only.
+    (`backend_ground_truth`, with the same `lvis`), to index once. The returned evaluator's
+    `eval`, `stats` and `params` cover everything; its `cocoDt` holds the last slice only.
+
+    lvis: score with LVIS's rules (None: when `is_lvis(coco_gt)`); then the evaluator is a
+    COCOeval_faster with `lvis_style` True, maxDets [300], and `stats` holds the 13 LVIS stats
+    named by `instseg.evaluation.lvis.LVIS_STAT_NAMES` (else the 12 COCO stats). LVIS needs
+    the faster_coco_eval backend and a `frequency` on every category (InstsegError otherwise).
     """
-    gt = backend_ground_truth(coco_gt, backend)
+    lvis = lvis_rules.is_lvis(coco_gt) if lvis is None else lvis
+    gt = backend_ground_truth(coco_gt, backend, lvis)
     image_ids = sorted({int(i) for i in (gt.getImgIds() if image_ids is None else image_ids)})
     by_image = records_by_image(results)
     unknown = by_image.keys() - set(gt.getImgIds())
     if unknown:
         raise ValueError(f"results for {len(unknown)} image ids not in the ground truth, "
                          f"e.g. {sorted(unknown)[:5]}")
+    # LVIS keeps each image's best 300 over all categories, decided before category slices.
+    kept = ({i: lvis_rules.top_detections(by_image[i]) for i in image_ids if i in by_image}
+            if lvis else {})
     category_ids = sorted(gt.getCatIds())
     accumulated, evaluator = [], None
     with contextlib.redirect_stdout(io.StringIO()):  # the backends' progress, once per slice
@@ -66,31 +83,53 @@ def run_cocoeval(
                                               chunk_detections):
             evaluator = None  # the previous slice's detections are freed before the next's
             evaluator = _evaluate_slice(gt, by_image, categories, image_slices, iou_type,
-                                        backend, mask_areas)
+                                        backend, mask_areas, kept if lvis else None)
             _merge_image_evaluations(evaluator, image_slices, image_ids)
             evaluator.accumulate()
             accumulated.append(evaluator.eval)
     evaluator.eval = _concatenate_categories(accumulated)
     evaluator.params.catIds = evaluator._paramsEval.catIds = category_ids
+    if lvis:  # each slice's groups index its own categories; summarize needs all of them
+        evaluator.freq_groups = lvis_rules.frequency_groups(gt.dataset["categories"],
+                                                            category_ids)
     with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
         evaluator.summarize()
+    if lvis:
+        evaluator.stats = lvis_rules.lvis_stats(evaluator)
     return evaluator
 
 
-def backend_ground_truth(coco_gt: COCO, backend: str):
-    """`coco_gt` as the backend's COCO class (faster-coco-eval indexes its own copy)."""
+def backend_ground_truth(coco_gt: COCO, backend: str, lvis: bool | None = None):
+    """`coco_gt` as the backend's COCO class (faster-coco-eval indexes its own copy).
+
+    lvis (None: `is_lvis(coco_gt)`): the ground truth as LVIS scores it
+    (`instseg.evaluation.lvis.lvis_dataset`), its categories' frequencies checked; only
+    with faster_coco_eval (InstsegError otherwise)."""
     if backend not in BACKENDS:
         raise ValueError(f"eval backend must be one of {BACKENDS}, got {backend!r}")
+    lvis = lvis_rules.is_lvis(coco_gt) if lvis is None else lvis
+    if lvis and backend != "faster_coco_eval":
+        raise InstsegError(f"LVIS evaluation runs on the faster_coco_eval backend only "
+                           f"(eval.backend={backend!r} was asked; pycocotools has no "
+                           "federated rules)")
     if backend == "pycocotools":
         return coco_gt
     from faster_coco_eval import COCO as FasterCOCO
 
-    if isinstance(coco_gt, FasterCOCO):
+    if lvis:
+        if getattr(coco_gt, lvis_rules.PREPARED, False):
+            return coco_gt
+        lvis_rules.check_frequencies(coco_gt.dataset["categories"])
+        dataset = lvis_rules.lvis_dataset(coco_gt.dataset)
+    elif isinstance(coco_gt, FasterCOCO):
         return coco_gt
+    else:
+        dataset = coco_gt.dataset
     gt = FasterCOCO()
-    gt.dataset = coco_gt.dataset
+    gt.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
+    setattr(gt, lvis_rules.PREPARED, lvis)
     return gt
 
 
@@ -131,15 +170,34 @@ def _runs(items: list, size: Callable, limit: int) -> list[list]:
     return runs + [current] if current or not runs else runs
 
 
-def _evaluate_slice(gt, by_image, categories, image_slices, iou_type, backend, mask_areas):
-    """The last image run's evaluator, holding the per-image evaluations of every run."""
+def _evaluate_slice(gt, by_image, categories, image_slices, iou_type, backend, mask_areas,
+                    lvis_kept: dict | None = None):
+    """The last image run's evaluator, holding the per-image evaluations of every run.
+    lvis_kept: LVIS rules, with each image's `top_detections` (absent or None: all)."""
     wanted = set(categories)
     evaluations = []
     for images in image_slices:
-        records = [record for image_id in images
-                   for record in records_of(by_image.get(image_id, ()), iou_type, mask_areas,
-                                            wanted)]
-        evaluator = _evaluator(gt, _load_results(gt, records), iou_type, backend)
+        records = []
+        for image_id in images:
+            items = by_image.get(image_id, ())
+            keep = lvis_kept.get(image_id) if lvis_kept is not None else None
+            if keep is None:
+                image_records = records_of(items, iou_type, mask_areas, wanted)
+            else:
+                image_records = []
+                for item, mask in zip(items, keep, strict=True):
+                    positions = lvis_rules.kept_positions(item, wanted)
+                    item_records = records_of([item], iou_type, mask_areas, wanted)
+                    image_records += [r for r, p in zip(item_records, positions, strict=True)
+                                      if mask[p]]
+            if lvis_kept is not None and image_records:
+                known = lvis_rules.known_categories(gt, image_id)
+                image_records = [r for r in image_records if r["category_id"] in known]
+            records += image_records
+        dt = _load_results(gt, records)
+        if lvis_kept is not None:
+            lvis_rules.drop_zero_area(dt)
+        evaluator = _evaluator(gt, dt, iou_type, backend, lvis_kept is not None)
         evaluator.params.imgIds, evaluator.params.catIds = images, categories
         evaluator.evaluate()
         name = _EVALUATIONS[type(evaluator).__name__]
@@ -149,7 +207,7 @@ def _evaluate_slice(gt, by_image, categories, image_slices, iou_type, backend, m
     return evaluator
 
 
-def _evaluator(gt, dt, iou_type: str, backend: str):
+def _evaluator(gt, dt, iou_type: str, backend: str, lvis: bool = False):
     if backend == "pycocotools":
         from pycocotools.cocoeval import COCOeval
 
@@ -157,7 +215,12 @@ def _evaluator(gt, dt, iou_type: str, backend: str):
     from faster_coco_eval import COCOeval_faster
 
     # separate_eval keeps the per-image evaluations apart from accumulate, to merge runs.
-    return COCOeval_faster(gt, dt, iouType=iou_type, print_function=print, separate_eval=True)
+    evaluator = COCOeval_faster(gt, dt, iouType=iou_type, print_function=print,
+                                separate_eval=True, lvis_style=lvis)
+    if lvis:
+        # the (image, category) cap; the per-image 300 is applied before (top_detections)
+        evaluator.params.maxDets = [lvis_rules.LVIS_MAX_DETECTIONS]
+    return evaluator
 
 
 def _load_results(gt, records: list[dict]):

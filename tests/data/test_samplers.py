@@ -46,3 +46,74 @@ def test_epoch_sampler_takes_any_64_bit_seed_and_depends_on_seed_and_epoch_only(
     assert first == again and sorted(i for _, i in first) == list(range(10))
     sampler.set_epoch(4)
     assert list(sampler) != first
+
+
+def test_repeat_factors_on_a_known_case():
+    from instseg.data.samplers import repeat_factors
+
+    # 5 images: category 1 in 3 of them (f = 0.6), categories 2 and 3 in one each (f = 0.2)
+    images = [[1], [1, 2, 2], [1], [3], []]
+    factors = repeat_factors(images, threshold=0.8)
+    r1, r_rare = max(1.0, (0.8 / 0.6) ** 0.5), (0.8 / 0.2) ** 0.5  # 1.1547, 2.0
+    assert factors == pytest.approx([r1, r_rare, r1, r_rare, 1.0], abs=1e-15)
+    assert repeat_factors(images, threshold=0.001) == [1.0] * 5  # every category common
+    with pytest.raises(ValueError, match="> 0"):
+        repeat_factors(images, threshold=0)
+
+
+def test_repeat_factor_sampler_is_a_function_of_seed_and_epoch_with_a_fixed_length():
+    from instseg.data.samplers import RepeatFactorSampler
+
+    factors = [1.0, 2.5, 1.3, 4.0, 1.0, 1.7]
+    sampler = RepeatFactorSampler(factors, seed=2**64 - 1)
+    orders = {}
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        orders[epoch] = list(sampler)
+        assert orders[epoch] == list(sampler)  # again: the same
+        assert len(orders[epoch]) == len(sampler) == round(sum(factors))
+        assert len(set(orders[epoch])) == len(orders[epoch])  # repeats: own draw seeds
+        counts = Counter(i for _, i in orders[epoch])
+        assert counts[3] >= 3  # r = 4: 4 copies, give or take the length fix
+    assert len({tuple(o) for o in orders.values()}) == 6
+    other = RepeatFactorSampler(factors, seed=1)
+    other.set_epoch(0)
+    assert list(other) != orders[0]
+
+
+def test_repeat_factor_sampling_shows_rare_category_images_more():
+    from instseg.data.samplers import RepeatFactorSampler, repeat_factors
+
+    # 100 images: 90 of a frequent category, 10 with a rare one as well
+    images = [[1]] * 90 + [[1, 2]] * 10
+    factors = repeat_factors(images, threshold=0.4)  # rare: sqrt(0.4 / 0.1) = 2
+    sampler = RepeatFactorSampler(factors, seed=3)
+    counts: Counter = Counter()
+    epochs = 200
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        counts.update(i for _, i in sampler)
+    rare = sum(counts[i] for i in range(90, 100)) / (10 * epochs)
+    frequent = sum(counts[i] for i in range(90)) / (90 * epochs)
+    assert rare == pytest.approx(2.0, abs=0.05) and frequent == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_repeat_factor_epochs_resume_exactly(grouped):
+    from instseg.data.samplers import RepeatFactorSampler, ResumableBatchSampler
+
+    factors = [1.0, 2.5, 1.3, 4.0, 1.0, 1.7, 1.2, 3.1]
+    groups = [0, 1, 0, 0, 1, 1, 0, 1]
+
+    def batches(start=None):
+        sampler = RepeatFactorSampler(factors, seed=11)
+        if grouped:
+            return GroupedBatchSampler(sampler, groups, 3, start=start)
+        return ResumableBatchSampler(sampler, 3, drop_last=False, start=start)
+
+    full = batches()
+    full.sampler.set_epoch(2)
+    epoch = list(full)
+    assert len(epoch) == len(full)
+    assert Counter(k for b in epoch for k in b) == Counter(full.sampler)
+    assert list(batches({"epoch": 2, "batches_done": 2})) == epoch[2:]
