@@ -8,7 +8,9 @@ At the end of each validation (not the sanity check) it logs `val/segm_mAP`,
 `val/bbox_mAP50`, ... (12 stats per task), `val/<task>_AP/<category>` (categories with
 ground truth) and a precision-recall figure where the logger draws figures (TensorBoard).
 `metrics` holds the last validation's numbers (float64, as the evaluator computed them) and
-`evaluator` its detections, for reports.
+`evaluator` its detections, for reports. With `analyze`, rank 0 also runs the error analysis
+(`instseg.evaluation.analysis.error_analysis`: COCO's analyze() curves and TIDE's errors),
+keeps it in `analysis` and draws both figures where the logger draws figures.
 """
 
 from __future__ import annotations
@@ -18,24 +20,35 @@ from datetime import timedelta
 
 import pytorch_lightning as pl
 
+from instseg.evaluation.analysis import error_analysis
 from instseg.evaluation.coco import SCORING_TIMEOUT, CocoEvaluator
-from instseg.evaluation.plots import precision_recall_figure
+from instseg.evaluation.plots import analysis_figure, precision_recall_figure, tide_figure
+from instseg.utils.errors import InstsegError
+
+ANALYSIS_NOT_FOR_LVIS = ("eval.analyze: the error analysis follows COCO's rules (every "
+                         "category exhaustively annotated), which LVIS's federated ground "
+                         "truth does not; leave it off for LVIS data")
 
 
 class CocoEvaluation(pl.Callback):
     def __init__(self, backend: str = "faster_coco_eval",
-                 timeout: timedelta = SCORING_TIMEOUT) -> None:
-        """timeout: how long other ranks wait for rank 0's scoring (`CocoEvaluator`)."""
+                 timeout: timedelta = SCORING_TIMEOUT, analyze: bool = False) -> None:
+        """timeout: how long other ranks wait for rank 0's scoring (`CocoEvaluator`);
+        analyze: the error analysis at each validation (see the module docstring)."""
         self.backend = backend
         self.timeout = timeout
+        self.analyze = analyze
         self.evaluator: CocoEvaluator | None = None
         self.metrics: dict[str, float] = {}
+        self.analysis: dict | None = None
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
         datamodule = trainer.datamodule
         self.evaluator = CocoEvaluator(datamodule.val_coco, datamodule.categories,
                                        backend=self.backend, verbose=trainer.is_global_zero,
                                        timeout=self.timeout)
+        if self.analyze and self.evaluator.lvis:
+            raise InstsegError(ANALYSIS_NOT_FOR_LVIS)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
@@ -55,7 +68,22 @@ class CocoEvaluation(pl.Callback):
             if not math.isnan(ap)  # categories without ground truth have no AP
         }
         pl_module.log_dict(per_category, sync_dist=False)
+        if not trainer.is_global_zero:
+            return
+        if self.analyze:
+            self.analysis = analyze_evaluation(self.evaluator)
         experiment = getattr(pl_module.logger, "experiment", None)
-        if trainer.is_global_zero and hasattr(experiment, "add_figure"):
-            figure = precision_recall_figure(self.evaluator.pr_curves)
-            experiment.add_figure("val/precision_recall", figure, global_step=trainer.global_step)
+        if hasattr(experiment, "add_figure"):
+            figures = {"val/precision_recall": precision_recall_figure(self.evaluator.pr_curves)}
+            if self.analysis is not None:
+                figures["val/error_analysis"] = analysis_figure(self.analysis)
+                figures["val/tide_errors"] = tide_figure(self.analysis)
+            for tag, figure in figures.items():
+                experiment.add_figure(tag, figure, global_step=trainer.global_step)
+
+
+def analyze_evaluation(evaluator: CocoEvaluator) -> dict:
+    """The error analysis of an evaluated `CocoEvaluator`'s detections, on the images and
+    tasks it scored, with mask areas as its scoring takes them."""
+    return error_analysis(evaluator.coco_gt, evaluator.results, evaluator.iou_types,
+                          evaluator.backend, evaluator.scored_image_ids, mask_areas=True)

@@ -38,6 +38,7 @@ from pycocotools.coco import COCO
 
 from instseg.data.categories import CategoryMap
 from instseg.evaluation.cocoeval import backend_ground_truth, run_cocoeval
+from instseg.evaluation.lvis import LVIS_STAT_NAMES, is_lvis
 from instseg.evaluation.records import write_results
 from instseg.structures.detections import Detections
 
@@ -66,8 +67,8 @@ def evaluation_group(timeout: timedelta = SCORING_TIMEOUT) -> Iterator:
 
 
 def per_category_ap(evaluator) -> dict[int, float]:
-    """AP@[.5:.95] (all areas, 100 detections) per category id of an accumulated COCOeval;
-    NaN for a category without ground truth."""
+    """AP@[.5:.95] (all areas, the most detections: 100, or LVIS's 300) per category id of an
+    accumulated COCOeval; NaN for a category without ground truth."""
     precision = evaluator.eval["precision"][:, :, :, 0, -1]  # [IoU, recall, category]
     result = {}
     for index, category_id in enumerate(evaluator.params.catIds):
@@ -122,6 +123,7 @@ class CocoEvaluator:
         self.backend = backend
         self.iou_types = tuple(iou_types)
         self.verbose = verbose
+        self.lvis = is_lvis(coco_gt)  # LVIS's federated rules and stats (cocoeval.run_cocoeval)
         self._backend_gt = backend_ground_truth(coco_gt, backend)  # indexed once, not per task
         self.reset()
 
@@ -130,6 +132,7 @@ class CocoEvaluator:
         self.detections: list[Detections] = []
         # Filled by evaluate() (on every rank): all ranks' detections, per-category AP, PR curves.
         self.results: list[Detections] = []
+        self.scored_image_ids: list[int] = []
         self.category_ap: dict[str, dict[str, float]] = {}
         self.pr_curves: dict[str, np.ndarray] = {}
 
@@ -143,6 +146,7 @@ class CocoEvaluator:
         """Flat metrics `{iou_type}_{stat}` over every image processed on any rank."""
         with evaluation_group(self.timeout) as group:
             image_ids, self.results = self._gather(group)
+            self.scored_image_ids = image_ids
             computed = None
             if group is None or dist.get_rank() == 0:
                 computed = self.score(image_ids, self.results)
@@ -155,18 +159,23 @@ class CocoEvaluator:
 
     def score(self, image_ids: Sequence[int], results: Sequence[dict | Detections]):
         """(flat metrics, {iou_type: {category name: AP}}, {iou_type: PR curve [IoU, 101]})
-        of `results` (COCO records and/or Detections) on `image_ids`."""
+        of `results` (COCO records and/or Detections) on `image_ids`: the 12 COCO stats per
+        task, or on LVIS ground truth (instseg.evaluation.lvis) the 13 LVIS stats."""
         metrics: dict[str, float] = {}
         category_ap: dict[str, dict[str, float]] = {}
         pr_curves: dict[str, np.ndarray] = {}
         for iou_type in self.iou_types:
             if self.verbose:
                 count = sum(len(r) if isinstance(r, Detections) else 1 for r in results)
-                print(f"COCO {iou_type} ({len(image_ids)} images, {count} detections):")
+                print(f"{'LVIS' if self.lvis else 'COCO'} {iou_type} ({len(image_ids)} images, "
+                      f"{count} detections):")
             # Mask AP takes each detection's area from its mask, as detectron2 does.
             evaluator = run_cocoeval(self._backend_gt, results, iou_type, self.backend,
                                      image_ids, self.verbose, mask_areas=True)
-            for name, value in zip(STAT_NAMES, evaluator.stats[:12], strict=True):
+            stat_names = (LVIS_STAT_NAMES if getattr(evaluator, "lvis_style", False)
+                          else STAT_NAMES)
+            stats = evaluator.stats[:len(stat_names)]  # faster-coco-eval may add more
+            for name, value in zip(stat_names, stats, strict=True):
                 metrics[f"{iou_type}_{name}"] = float(value)
             names = {c["id"]: c["name"] for c in self.coco_gt.dataset["categories"]}
             category_ap[iou_type] = {

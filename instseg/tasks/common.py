@@ -27,9 +27,11 @@ def run_options(cfg: DictConfig) -> dict:
 
 
 def evaluation_callback(cfg: DictConfig) -> CocoEvaluation:
-    """The validation callback of cfg.eval (backend, how long ranks wait for scoring)."""
+    """The validation callback of cfg.eval (backend, how long ranks wait for scoring, error
+    analysis)."""
     minutes = cfg.eval.get("scoring_timeout_min", 120)
-    return CocoEvaluation(backend=cfg.eval.backend, timeout=timedelta(minutes=minutes))
+    return CocoEvaluation(backend=cfg.eval.backend, timeout=timedelta(minutes=minutes),
+                          analyze=bool(cfg.eval.get("analyze", False)))
 
 
 def build_module(cfg: DictConfig, datamodule, **options) -> tuple[pl.LightningModule, dict]:

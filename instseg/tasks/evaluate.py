@@ -24,7 +24,10 @@ from omegaconf import DictConfig
 from instseg.checkpoints.build import module_from_checkpoint
 from instseg.checkpoints.fit import DATA_TARGETS, check_fits, check_targets, config_differences
 from instseg.configs import model_config
+from instseg.evaluation.analysis import error_analysis, print_error_analysis
+from instseg.evaluation.callback import ANALYSIS_NOT_FOR_LVIS
 from instseg.evaluation.coco import CocoEvaluator
+from instseg.evaluation.plots import analysis_figure, save_figure, tide_figure
 from instseg.evaluation.results import check_results, load_results
 from instseg.export.runtimes import ExportedModel, load_exported
 from instseg.inference.optimize import optimize_for_inference
@@ -72,7 +75,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         _write_report(cfg, evaluation.evaluator, metrics,
                       {"checkpoint": cfg.get("ckpt"), "weights": model.get("weights"),
                        "logged_in_training": logged,
-                       "test_time_augmentation": _tta_summary(module)})
+                       "test_time_augmentation": _tta_summary(module)},
+                      analysis=evaluation.analysis)
         note = f" (training logged {logged[MONITOR]:.4f} for this checkpoint)" if logged else ""
         print(f"{MONITOR} = {metrics[MONITOR]:.4f}{note}")
     return metrics
@@ -113,7 +117,7 @@ def _score_exported(cfg: DictConfig) -> dict[str, float]:
     metrics = evaluation.metrics
     _write_report(cfg, evaluation.evaluator, metrics,
                   {"exported": str(cfg.exported), "backend": model.backend,
-                   "export": model.metadata})
+                   "export": model.metadata}, analysis=evaluation.analysis)
     print(f"{MONITOR} = {metrics[MONITOR]:.4f} ({model.backend}, {cfg.exported})")
     return metrics
 
@@ -140,16 +144,24 @@ def _score_predictions(cfg: DictConfig) -> dict[str, float]:
     for task, why in results.not_applicable.items():
         print(f"COCO {task}: not applicable: {why}")
     metrics = {f"val/{k}": v for k, v in scored.items()}
+    analysis = None
+    if cfg.eval.get("analyze"):
+        if evaluator.lvis:
+            raise InstsegError(ANALYSIS_NOT_FOR_LVIS)
+        analysis = error_analysis(gt, results.records, results.tasks, cfg.eval.backend,
+                                  sorted(gt.imgs), mask_areas=True)
     _write_report(cfg, None, metrics, {"predictions": str(path), "tasks": results.summary()},
-                  category_ap)
+                  category_ap, analysis)
     headline = MONITOR if MONITOR in metrics else f"val/{results.tasks[0]}_mAP"
     print(f"{headline} = {metrics[headline]:.4f}")
     return metrics
 
 
 def _write_report(cfg: DictConfig, evaluator: CocoEvaluator | None, metrics: dict,
-                  about: dict, category_ap: dict | None = None) -> None:
-    """metrics.json (`about`, 12 stats per task scored, AP per category) and, with an
+                  about: dict, category_ap: dict | None = None,
+                  analysis: dict | None = None) -> None:
+    """metrics.json (`about`, 12 stats per task scored, AP per category, the error analysis
+    if any, whose figures go to error_analysis.png and tide_errors.png) and, with an
     `evaluator` of a model's detections, the predictions in COCO results format,
     coco_instances_results.json (RLE masks), in the run directory."""
     output_dir = Path(cfg.paths.output_dir)
@@ -160,12 +172,23 @@ def _write_report(cfg: DictConfig, evaluator: CocoEvaluator | None, metrics: dic
         for task, aps in category_ap.items()
     }
     report = about | {"metrics": metrics, "ap_per_category": per_category}
+    if analysis is not None:
+        report["error_analysis"] = analysis
+        _write_analysis(analysis, output_dir)
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     if evaluator is None:  # the predictions are the user's file: nothing to write
         print(f"metrics written to {output_dir / 'metrics.json'}")
         return
     evaluator.write_results(output_dir / "coco_instances_results.json")
     print(f"metrics and predictions written to {output_dir}")
+
+
+def _write_analysis(analysis: dict, output_dir: Path) -> None:
+    print_error_analysis(analysis)
+    for name, draw in (("error_analysis.png", analysis_figure), ("tide_errors.png", tide_figure)):
+        save_figure(draw(analysis), output_dir / name)
+    print(f"error analysis figures: {output_dir / 'error_analysis.png'}, "
+          f"{output_dir / 'tide_errors.png'}")
 
 
 def _from_checkpoint(cfg: DictConfig):
