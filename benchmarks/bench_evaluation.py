@@ -1,10 +1,19 @@
 """COCO mask evaluation: instseg's path against the torchvision-reference approach, one run.
 
     python benchmarks/bench_evaluation.py [--images 5000] [--detections 100]
+        [--parts paste evaluation] [--paste-images N]
 
 Generates a COCO-like ground truth (640x480-ish images, ~7 objects each) and, per image,
-Mask R-CNN-like raw detections (boxes, scores, labels, 28x28 mask probabilities). Then, each
-in its own process (so peak memory is its own):
+Mask R-CNN-like raw detections (boxes, scores, labels, 28x28 mask probabilities).
+
+Pasting (`--parts paste`), in this process on the first --paste-images images: the mask
+pasting of each image's detections straight to RLEs, the baseline below (one image-sized
+canvas per image, each mask written into it and the whole canvas encoded by pycocotools)
+against `instseg.structures.masks.paste_masks_to_rles`, the two alternating image by image
+on the same detections. Prints the seconds of each, ms per image (median), the ratio, and
+whether every RLE is byte-identical.
+
+Evaluation (`--parts evaluation`), each path in its own process (so peak memory is its own):
   reference  torchvision's references/detection way: paste_masks_in_image to full-resolution
              float masks, threshold, RLE-encode each, then one pycocotools COCOeval per task
   instseg    CocoEvaluator, as validation and evaluate.py run it: paste_masks_to_rles (same
@@ -12,6 +21,8 @@ in its own process (so peak memory is its own):
              memory-bounded slices (instseg.evaluation.cocoeval)
 Prints seconds (conversion + evaluation, data generation excluded), peak RSS and the RSS
 before evaluating, the time ratio, and whether the 12 stats of both tasks are identical.
+
+Exits non-zero if an RLE or a stat differs.
 """
 
 from __future__ import annotations
@@ -29,8 +40,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from _common import HelpFormatter
 from pycocotools import mask as mask_utils
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
 SIZES = [(480, 640), (640, 480), (427, 640), (640, 427), (512, 512)]
 NUM_CATEGORIES = 20
@@ -184,11 +197,82 @@ def _reference_records(image_id, detections, categories):
     return boxed, masked
 
 
+def baseline_paste_masks_to_rles(mask_probs, boxes, image_size, threshold=0.5, padding=1):
+    """The pasting that paste_masks_to_rles is measured against: per detection, the
+    thresholded box-sized patch written into one reused image-sized Fortran canvas and the
+    whole canvas encoded by pycocotools."""
+    height, width = image_size
+    canvas = np.zeros((height, width), dtype=np.uint8, order="F")
+    rles = []
+    if len(mask_probs) == 0:
+        return rles
+    masks, scale = expand_masks(mask_probs, padding=padding)
+    boxes = expand_boxes(boxes, scale).to(dtype=torch.int64).tolist()
+    for mask, (x0, y0, x1, y1) in zip(masks[:, 0], boxes, strict=True):
+        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        patch = F.interpolate(mask[None, None], size=(h, w), mode="bilinear",
+                              align_corners=False)[0, 0]
+        left, top = max(x0, 0), max(y0, 0)
+        right, bottom = max(min(x1 + 1, width), left), max(min(y1 + 1, height), top)
+        region = patch[top - y0:bottom - y0, left - x0:right - x0] > threshold
+        canvas[top:bottom, left:right] = region.numpy()
+        rle = mask_utils.encode(canvas)
+        rles.append({"size": [int(v) for v in rle["size"]],
+                     "counts": rle["counts"].decode("ascii")})
+        canvas[top:bottom, left:right] = 0
+    return rles
+
+
+def compare_pasting(gt: dict, num_images: int, count: int) -> bool:
+    """Times the baseline and paste_masks_to_rles on the same detections of the first
+    `num_images` images, alternating which goes first; prints the times and whether every RLE
+    is identical, which it returns."""
+    from instseg.structures.masks import paste_masks_to_rles
+
+    by_image = {}
+    for annotation in gt["annotations"]:
+        by_image.setdefault(annotation["image_id"], []).append(annotation)
+    gt = gt | {"by_image": by_image}
+    methods = {"baseline": baseline_paste_masks_to_rles, "paste_masks_to_rles":
+               paste_masks_to_rles}
+    seconds = {name: [] for name in methods}
+    different = masks = 0
+    warm_up = raw_detections(gt, gt["images"][0], count)
+    for method in methods.values():  # first calls' one-off costs (lazy imports, allocators)
+        method(warm_up["mask_probs"], warm_up["boxes"], warm_up["image_size"])
+    for index, image in enumerate(gt["images"][:num_images]):
+        detections = raw_detections(gt, image, count)
+        args = detections["mask_probs"], detections["boxes"], detections["image_size"]
+        rles = {}
+        for name in (list(methods) if index % 2 == 0 else list(methods)[::-1]):
+            start = time.perf_counter()
+            rles[name] = methods[name](*args)
+            seconds[name].append(time.perf_counter() - start)
+        masks += len(rles["baseline"])
+        different += sum(a != b for a, b in zip(rles["baseline"], rles["paste_masks_to_rles"],
+                                                strict=True))
+        different += abs(len(rles["baseline"]) - len(rles["paste_masks_to_rles"]))
+    print(f"pasting, {num_images} images x {count} detections (threads: "
+          f"{torch.get_num_threads()})")
+    print(f"{'method':<42}{'seconds':>10}{'ms/image (median)':>20}")
+    for name, times in seconds.items():
+        print(f"{name:<42}{sum(times):>10.2f}{np.median(times) * 1e3:>20.2f}")
+    base, ours = (seconds[name] for name in methods)
+    print(f"pasting speed-up: {sum(base) / sum(ours):.2f}x "
+          f"(median per image {np.median(base) / np.median(ours):.2f}x)")
+    print(f"RLEs identical: {different == 0} ({masks - different} of {masks})")
+    return different == 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--images", type=int, default=5000, help="generated images")
     parser.add_argument("--detections", type=int, default=100, help="detections per image")
     parser.add_argument("--seed", type=int, default=0, help="of the generated data")
+    parser.add_argument("--parts", nargs="+", choices=["paste", "evaluation"],
+                        default=["paste", "evaluation"], help="what to compare")
+    parser.add_argument("--paste-images", type=int, default=0,
+                        help="images of the pasting comparison, the first of --images (0: all)")
     parser.add_argument("--path", choices=["reference", "instseg"], help=argparse.SUPPRESS)
     parser.add_argument("--gt", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -196,9 +280,25 @@ def main() -> None:
         print(json.dumps(run_path(args.path, args.gt, args.detections)))
         return
 
+    gt = make_ground_truth(args.images, args.seed)
+    identical = True
+    if "paste" in args.parts:
+        paste_images = min(args.paste_images or args.images, args.images)
+        identical = compare_pasting(gt, paste_images, args.detections)
+    if "evaluation" in args.parts:
+        if "paste" in args.parts:
+            print()
+        identical = evaluate(gt, args) and identical
+    if not identical:
+        sys.exit(1)
+
+
+def evaluate(gt: dict, args: argparse.Namespace) -> bool:
+    """Both paths, each in its own process, on `gt`; prints their table and returns whether
+    their 12 bbox and segm stats are identical."""
     with tempfile.TemporaryDirectory() as tmp:
         gt_file = Path(tmp) / "gt.json"
-        gt_file.write_text(json.dumps(make_ground_truth(args.images, args.seed)))
+        gt_file.write_text(json.dumps(gt))
         results = {}
         for path in ("reference", "instseg"):
             out = subprocess.run(
@@ -223,8 +323,7 @@ def main() -> None:
     print(f"12 stats of bbox and segm equal to 1e-12: {identical} "
           f"(largest difference {difference:.1e})")
     print(f"segm stats: {[round(v, 4) for v in ours['stats']['segm']]}")
-    if not identical:
-        sys.exit(1)
+    return identical
 
 
 if __name__ == "__main__":

@@ -88,7 +88,9 @@ def trained_run(tiny_shapes, tmp_path_factory) -> tuple[Path, dict]:
     from instseg.tasks.train import train
 
     output_dir = tmp_path_factory.mktemp("run")
-    cfg = compose_config("train", tiny_train_overrides(tiny_shapes), output_dir)
+    # with the error analysis at each validation (two here), for the TensorBoard test
+    cfg = compose_config("train", [*tiny_train_overrides(tiny_shapes), "eval.analyze=true"],
+                         output_dir)
     metrics = train(cfg)
     return output_dir, metrics
 

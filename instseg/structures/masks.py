@@ -13,8 +13,11 @@ Pasting: torchvision's `paste_masks_in_image` builds a full-resolution float mas
 detection ([N, 1, H, W] float32: 123 MB for 100 detections on a 640x480 image) to be
 thresholded. `paste_masks_to_rles` / `paste_masks_to_binary` do the same arithmetic
 (torchvision's own `expand_masks` / `expand_boxes`, the same bilinear resize of each mask to
-its box) but threshold the box-sized patch and write it into one reused canvas, so the binary
-masks are identical, with a fraction of the memory and time.
+its box) but threshold only the part of each box-sized patch inside the image, so the binary
+masks are identical, with a fraction of the memory and time. `paste_masks_to_rles` never
+builds an image-sized mask: the runs of every mask are found in its crop (all the crops of an
+image in one array, in pycocotools' column-major order), shifted to image pixels, and
+pycocotools compresses their counts, giving the bytes its `encode` gives for the full mask.
 """
 
 from __future__ import annotations
@@ -98,18 +101,22 @@ def paste_masks_to_rles(
     mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
     threshold: float = 0.5, padding: int = 1,
 ) -> list[dict]:
-    """mask_probs [N, 1, M, M] in [0, 1], boxes XYXY [N, 4] in image pixels, image_size (H, W)
-    -> N json RLEs of
-    `paste_masks_in_image(mask_probs, boxes, image_size) > threshold`."""
-    height, width = image_size
-    canvas = np.zeros((height, width), dtype=np.uint8, order="F")
-    rles = []
-    for (top, bottom, left, right), region in _pasted_regions(mask_probs, boxes, image_size,
-                                                              threshold, padding):
-        canvas[top:bottom, left:right] = region.numpy()
-        rles.append(json_rle(mask_utils.encode(canvas)))
-        canvas[top:bottom, left:right] = 0
-    return rles
+    """mask_probs float [N, 1, M, M] in [0, 1], boxes float XYXY [N, 4] in image pixels,
+    image_size (H, W) -> N json RLEs of H x W, byte for byte pycocotools' encoding of
+    `paste_masks_in_image(mask_probs, boxes, image_size, padding) > threshold` (compared in
+    the probabilities' dtype, as torch compares). Tensors on another device are pasted on the
+    CPU."""
+    height, width = (int(v) for v in image_size)
+    if len(mask_probs) == 0:
+        return []
+    layout = _PasteLayout(mask_probs, boxes, (height, width), padding)
+    # The runs are found in the crops alone; pycocotools then compresses their counts as its
+    # encode compresses the counts it takes from a full image-sized mask.
+    counts = _counts_from_runs(*_runs_in_image(layout, threshold), len(layout), height * width)
+    encoded = mask_utils.frPyObjects(
+        [{"size": [height, width], "counts": c} for c in counts], height, width)
+    return [{"size": [height, width], "counts": rle["counts"].decode("ascii")}
+            for rle in encoded]
 
 
 def paste_masks_to_binary(
@@ -117,28 +124,110 @@ def paste_masks_to_binary(
     threshold: float = 0.5, padding: int = 1,
 ) -> torch.Tensor:
     """The same masks as `paste_masks_to_rles`, as bool [N, H, W]."""
+    image_size = tuple(int(v) for v in image_size)
     masks = torch.zeros((len(mask_probs), *image_size), dtype=torch.bool)
-    for index, ((top, bottom, left, right), region) in enumerate(
-            _pasted_regions(mask_probs, boxes, image_size, threshold, padding)):
-        masks[index, top:bottom, left:right] = region
+    if len(mask_probs) == 0:
+        return masks
+    layout = _PasteLayout(mask_probs, boxes, image_size, padding)
+    top, bottom, left, right = (v.tolist() for v in layout.clipped)
+    for index, crop in enumerate(layout.crops()):
+        masks[index, top[index]:bottom[index], left[index]:right[index]] = torch.from_numpy(
+            crop > crop.dtype.type(threshold))
     return masks
 
 
-def _pasted_regions(mask_probs, boxes, image_size, threshold, padding):
-    """Per detection: the (top, bottom, left, right) of its box clipped to the image, and the
-    bool mask inside it."""
-    height, width = image_size
-    if len(mask_probs) == 0:
-        return
-    masks, scale = expand_masks(mask_probs, padding=padding)
-    boxes = expand_boxes(boxes, scale).to(dtype=torch.int64).tolist()
-    for mask, (x0, y0, x1, y1) in zip(masks[:, 0], boxes, strict=True):
-        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
-        patch = F.interpolate(mask[None, None], size=(h, w), mode="bilinear",
-                              align_corners=False)[0, 0]
-        # Clipped to the image; a box wholly outside it (torchvision's paste fails on one,
-        # its boxes are clipped first) gives an empty mask.
-        left, top = max(x0, 0), max(y0, 0)
-        right, bottom = max(min(x1 + 1, width), left), max(min(y1 + 1, height), top)
-        region = patch[top - y0:bottom - y0, left - x0:right - x0] > threshold
-        yield (top, bottom, left, right), region
+class _PasteLayout:
+    """Where N masks go in an image of image_size (H, W), with torchvision's arithmetic
+    (`expand_masks`, `expand_boxes`, one bilinear resize of each padded mask to its whole
+    integer box):
+
+        masks    the padded probabilities [N, 1, M + 2 * padding, M + 2 * padding], on the CPU
+        resized  int64 [N] each: the (height, width) each mask is resized to
+        clipped  int64 [N] each: top, bottom, left, right of its box clipped to the image (the
+                 rows [top, bottom) and columns [left, right) it covers; empty for a box
+                 wholly outside the image, on which torchvision's paste fails, its boxes being
+                 clipped first)
+        offset   int64 [N] each: the row and column of the resized mask at (top, left)
+    """
+
+    def __init__(self, mask_probs, boxes, image_size, padding):
+        self.image_size = height, width = image_size
+        self.masks, scale = expand_masks(mask_probs.cpu(), padding=padding)
+        x0, y0, x1, y1 = expand_boxes(boxes.cpu(), scale).to(dtype=torch.int64).numpy().T
+        self.resized = np.maximum(y1 - y0 + 1, 1), np.maximum(x1 - x0 + 1, 1)
+        left, top = np.maximum(x0, 0), np.maximum(y0, 0)
+        right = np.maximum(np.minimum(x1 + 1, width), left)
+        bottom = np.maximum(np.minimum(y1 + 1, height), top)
+        self.clipped = top, bottom, left, right
+        self.offset = top - y0, left - x0
+
+    def __len__(self):
+        return len(self.masks)
+
+    def crops(self):
+        """Per detection, in order: the resized probabilities inside the image, a numpy view
+        [bottom - top, right - left] of the masks' dtype."""
+        h, w = (v.tolist() for v in self.resized)
+        top, bottom, left, right = (v.tolist() for v in self.clipped)
+        row, column = (v.tolist() for v in self.offset)
+        for i, mask in enumerate(self.masks):
+            patch = F.interpolate(mask[None], size=(h[i], w[i]), mode="bilinear",
+                                  align_corners=False)[0, 0].numpy()
+            yield patch[row[i]:row[i] + bottom[i] - top[i],
+                        column[i]:column[i] + right[i] - left[i]]
+
+
+def _runs_in_image(layout, threshold):
+    """The runs of pixels above `threshold` of the pasted masks, in the column-major order of
+    the H x W image (pycocotools' order): starts int64 [R] (indices into its H * W pixels),
+    lengths int64 [R] and the detection of each int64 [R], by detection and then by start.
+    A run never spans two columns of a crop: `_counts_from_runs` joins the ones that touch."""
+    top, bottom, left, right = layout.clipped
+    rows, columns = bottom - top, right - left
+    # Every crop's columns laid end to end, each followed by one False, behind one leading
+    # False: each run of Trues is bounded by a change on either side and lies in one column,
+    # and all the runs of all the detections come from one pass over one array.
+    sizes = columns * (rows + 1)
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    flat = np.zeros(offsets[-1] + 1, dtype=bool)
+    shapes = np.stack([columns, rows + 1], axis=1).tolist()
+    starts_in_flat = (offsets[:-1] + 1).tolist()
+    # Each crop is thresholded as soon as it is resized, while it is in the cache.
+    for crop, shape, start in zip(layout.crops(), shapes, starts_in_flat, strict=True):
+        if crop.size:
+            stacked = flat[start:start + shape[0] * shape[1]].reshape(shape)
+            np.greater(crop.T, crop.dtype.type(threshold), out=stacked[:, :-1])
+    changes = np.flatnonzero(flat[1:] != flat[:-1])  # flat[changes + 1] begins or ends a run
+    begin, end = changes[0::2], changes[1::2]  # a run is flat[begin + 1:end + 1]
+    detection = np.searchsorted(offsets, begin, side="right") - 1
+    column, row = np.divmod(begin - offsets[detection], rows[detection] + 1)
+    starts = (left[detection] + column) * layout.image_size[0] + top[detection] + row
+    return starts, end - begin, detection
+
+
+def _counts_from_runs(starts, lengths, detection, count, area):
+    """Per detection 0..count-1, the uncompressed RLE counts of its mask (uint32 [K]: 0s,
+    1s, 0s, ... summing to `area`, the first possibly 0, as pycocotools' encode counts them)
+    from its runs of 1s (`_runs_in_image`)."""
+    ends = starts + lengths
+    # A run that begins where the previous one of its detection ends (a column down to the
+    # image's bottom row, then the next from its top row) is the same run.
+    joined = np.zeros(len(starts), dtype=bool)
+    joined[1:] = (starts[1:] == ends[:-1]) & (detection[1:] == detection[:-1])
+    last = np.ones(len(starts), dtype=bool)
+    last[:-1] = ~joined[1:]
+    starts, ends, detection = starts[~joined], ends[last], detection[~joined]
+    # Per detection the points 0, start, end, start, end, ..., area; their successive
+    # differences are its counts.
+    bounds = np.searchsorted(detection, np.arange(count + 1))
+    heads = 2 * (bounds[:-1] + np.arange(count))
+    tails = 2 * (bounds[1:] + np.arange(count)) + 1
+    points = np.empty(2 * (len(starts) + count), dtype=np.int64)
+    slots = 2 * (np.arange(len(starts)) + detection) + 1
+    points[slots], points[slots + 1] = starts, ends
+    points[heads], points[tails] = 0, area
+    steps = np.diff(points).astype(np.uint32)
+    # A mask ending on the image's last pixel ends on its run of 1s, not on an empty run.
+    tails -= (steps[tails - 1] == 0) & (tails - heads > 1)
+    return [steps[head:tail] for head, tail in zip(heads.tolist(), tails.tolist(), strict=True)]

@@ -134,6 +134,42 @@ def test_validation_logs_per_category_ap_and_precision_recall_figure(trained_run
     events = EventAccumulator(str(output_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
     assert "val/segm_AP/circle" in events.Tags()["scalars"]
     assert "val/precision_recall" in events.Tags()["images"]
+    # trained with eval.analyze=true: the error analysis figures at each validation
+    for tag in ("val/error_analysis", "val/tide_errors"):
+        assert len(events.Images(tag)) == 2, tag
+
+
+def test_error_analysis_of_a_checkpoint_and_of_its_results_file(trained_run, tiny_shapes,
+                                                                 tmp_path):
+    """eval.analyze=true: both tasks' curves and TIDE errors in metrics.json and two figures;
+    the same analysis from the checkpoint and from the results file it wrote; C75 and C50
+    end at the AP75 and AP50 stats."""
+    from PIL import Image
+
+    output_dir, _ = trained_run
+    best = next((output_dir / "checkpoints").glob("best-*.ckpt"))
+    metrics = evaluate(compose_config("evaluate", [f"ckpt={best}", "eval.analyze=true"],
+                                      tmp_path / "model"))
+    report = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    analysis = report["error_analysis"]
+    assert set(analysis) == {"bbox", "segm"}
+    for task in ("bbox", "segm"):
+        overall = analysis[task]["analyze"]["overall"]["all"]["ap"]
+        assert overall["C75"] == pytest.approx(metrics[f"val/{task}_mAP75"], abs=1e-12)
+        assert overall["C50"] == pytest.approx(metrics[f"val/{task}_mAP50"], abs=1e-12)
+        assert overall["FN"] == 1.0
+        assert set(analysis[task]["tide"]["main"]) == {"Cls", "Loc", "Both", "Dupe", "Bkg",
+                                                       "Miss"}
+    for name in ("error_analysis.png", "tide_errors.png"):
+        with Image.open(tmp_path / "model" / name) as image:
+            assert image.width > 400
+
+    rescored = compose_config("evaluate", [
+        f"predictions={tmp_path / 'model' / 'coco_instances_results.json'}", "data=shapes",
+        *tiny_data_overrides(tiny_shapes), "eval.analyze=true"], tmp_path / "rescore")
+    evaluate(rescored)
+    again = json.loads((tmp_path / "rescore" / "metrics.json").read_text())
+    assert again["error_analysis"] == analysis
 
 
 @pytest.mark.slow
