@@ -13,9 +13,9 @@ evaluation ground truth. An image that turns out unreadable, or not of the json'
 read is logged and its sample is None: `collate` drops it and counts it in `Batch.skipped`.
 Training images whose longer side exceeds `max_image_side` are downscaled with their
 targets (masks are rasterised at the smaller size, so a huge photo cannot exhaust memory).
-LVIS-format jsons load as they are (`complete_lvis_records`: file names from `coco_url`,
-annotations without `iscrowd`); their extra fields (`neg_category_ids`, `frequency`, ...)
-stay in the evaluation ground truth, which `instseg.evaluation.lvis` scores.
+LVIS-format jsons load as they are (validation's `complete_lvis_records`: file names from
+`coco_url`, annotations without `iscrowd`); their extra fields (`neg_category_ids`,
+`frequency`, ...) stay in the evaluation ground truth, which `instseg.evaluation.lvis` scores.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import urlparse
 
 import torch
 from pycocotools.coco import COCO
@@ -54,44 +53,13 @@ def load_checked(annotation_file: str | Path,
                  image_dir: str | Path | None = None) -> CheckedAnnotations:
     """Read and check an instances json (and that `image_dir` holds its images): errors raise
     InstsegError naming the records, skipped and fixed records are logged once per kind.
-    LVIS-format records are completed first (`complete_lvis_records`)."""
-    data = complete_lvis_records(read_annotation_json(annotation_file))
+    LVIS-format records are completed first
+    (`instseg.data.validation.annotations.complete_lvis_records`)."""
+    data = read_annotation_json(annotation_file)
     checked = check_annotations(data, annotation_file, image_dir)
     raise_on_errors(checked)
     log_problems(checked)
     return checked
-
-
-def complete_lvis_records(data):
-    """A parsed json with LVIS's records completed in place as COCO's, and returned:
-      - an image without `file_name` that has a `coco_url` (LVIS v1 has no file names) gets
-        the url's last two path parts, e.g. "val2017/000000391895.jpg" from
-        "http://images.cocodataset.org/val2017/000000391895.jpg": relative to the split's
-        image folder, which for LVIS v1 is therefore the COCO root holding train2017/ and
-        val2017/ (LVIS v1 val takes images from both);
-      - an annotation without `iscrowd` gets 0 (LVIS has no crowd regions; pycocotools
-        reads the key of every annotation).
-    Anything else (another json, malformed records) is left as it is, for the checks to
-    report."""
-    if not isinstance(data, dict):
-        return data
-    for image in data.get("images", ()) if isinstance(data.get("images"), list) else ():
-        if isinstance(image, dict) and "file_name" not in image:
-            name = _file_name_of_url(image.get("coco_url"))
-            if name:
-                image["file_name"] = name
-    for ann in data.get("annotations", ()) if isinstance(data.get("annotations"), list) else ():
-        if isinstance(ann, dict) and "iscrowd" not in ann:
-            ann["iscrowd"] = 0
-    return data
-
-
-def _file_name_of_url(url) -> str | None:
-    """The url path's last two parts ("folder/file"), or its only one; None if no path."""
-    if not isinstance(url, str):
-        return None
-    parts = [p for p in PurePosixPath(urlparse(url).path).parts if p != "/"]
-    return "/".join(parts[-2:]) or None
 
 
 def load_coco(annotation_file: str | Path) -> COCO:

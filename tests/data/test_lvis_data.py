@@ -9,9 +9,10 @@ from collections import Counter
 import pytest
 import torch
 
-from instseg.data.coco import CocoInstances, complete_lvis_records, load_checked
+from instseg.data.coco import CocoInstances, load_checked
 from instseg.data.datamodule import CocoDataModule
 from instseg.data.samplers import RepeatFactorSampler
+from instseg.data.validation import complete_lvis_records
 from instseg.evaluation.lvis import is_lvis
 from instseg.utils.errors import InstsegError
 from tests.conftest import shared_data
@@ -92,3 +93,21 @@ def test_datamodule_samples_by_repeat_factor(tmp_path):
     assert len(batch.images) == 4 and all(isinstance(i, torch.Tensor) for i in batch.images)
     with pytest.raises(InstsegError, match="repeat_factor_threshold"):
         CocoDataModule(".", "a.json", ".", "b.json", repeat_factor_threshold=0)
+
+
+def test_check_data_reads_an_lvis_json_as_training_does(tmp_path):
+    """instseg-check-data on an LVIS json and its COCO image folders: the same file names from
+    coco_url, no crowd regions, and only the problems coco128 has (2 images without
+    instances)."""
+    from instseg.tasks.check import check_dataset
+    from tests.conftest import compose_config
+
+    root = tmp_path / "lvis"
+    root.mkdir()
+    path, _ = _lvis_root(root)
+    cfg = compose_config("check", [f"annotations={path}", f"images={root}", "full=false"],
+                         tmp_path / "run")
+    problems = check_dataset(cfg)
+    assert [(p.kind, p.image_id) for p in problems] == [("no annotations", 250),
+                                                        ("no annotations", 508)]
+    assert "train2017/000000000250.jpg" in problems[0].detail

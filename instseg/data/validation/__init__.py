@@ -23,7 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from instseg.data.validation.annotations import check_annotations, read_annotation_json
+from instseg.data.validation.annotations import (
+    check_annotations,
+    complete_lvis_records,
+    read_annotation_json,
+)
 from instseg.data.validation.cleaning import clean_annotation
 from instseg.data.validation.images import check_images
 from instseg.data.validation.problems import (
@@ -40,6 +44,7 @@ from instseg.utils.errors import InstsegError
 
 __all__ = ["ERROR", "FIXED", "KINDS", "SKIP", "CheckedAnnotations", "Kind", "Problem",
            "check_annotations", "check_images", "check_split", "clean_annotation",
+           "complete_lvis_records",
            "raise_on_errors", "read_annotation_json"]
 
 

@@ -4,7 +4,8 @@ known, each annotation cleaned (`cleaning`), and the images without usable annot
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
 
 from instseg.data.validation.cleaning import clean_annotation
 from instseg.data.validation.problems import CheckedAnnotations, Problem
@@ -20,16 +21,50 @@ from instseg.utils.errors import InstsegError
 
 
 def read_annotation_json(path: str | Path) -> dict:
-    """The parsed json; InstsegError for a missing or unparsable file."""
+    """The parsed json, LVIS-format records completed as COCO's (`complete_lvis_records`);
+    InstsegError for a missing or unparsable file."""
     path = Path(path)
     if not path.is_file():
         raise InstsegError(f"annotation file not found: {path} (expected a COCO instances json "
                            "with 'images', 'annotations' and 'categories')")
     try:
-        return json.loads(path.read_bytes())
+        data = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InstsegError(f"{path}: unreadable json: not a COCO instances json "
                            f"({error})") from error
+    return complete_lvis_records(data)
+
+
+def complete_lvis_records(data):
+    """A parsed json with LVIS's records completed in place as COCO's, and returned:
+      - an image without `file_name` that has a `coco_url` (LVIS v1 has no file names) gets
+        the url's last two path parts, e.g. "val2017/000000391895.jpg" from
+        "http://images.cocodataset.org/val2017/000000391895.jpg": relative to the split's
+        image folder, which for LVIS v1 is therefore the COCO root holding train2017/ and
+        val2017/ (LVIS v1 val takes images from both);
+      - an annotation without `iscrowd` gets 0 (LVIS has no crowd regions; pycocotools
+        reads the key of every annotation).
+    Anything else (another json, malformed records) is left as it is, for the checks to
+    report."""
+    if not isinstance(data, dict):
+        return data
+    for image in data.get("images", ()) if isinstance(data.get("images"), list) else ():
+        if isinstance(image, dict) and "file_name" not in image:
+            name = _file_name_of_url(image.get("coco_url"))
+            if name:
+                image["file_name"] = name
+    for ann in data.get("annotations", ()) if isinstance(data.get("annotations"), list) else ():
+        if isinstance(ann, dict) and "iscrowd" not in ann:
+            ann["iscrowd"] = 0
+    return data
+
+
+def _file_name_of_url(url) -> str | None:
+    """The url path's last two parts ("folder/file"), or its only one; None if no path."""
+    if not isinstance(url, str):
+        return None
+    parts = [p for p in PurePosixPath(urlparse(url).path).parts if p != "/"]
+    return "/".join(parts[-2:]) or None
 
 
 def check_annotations(data, source: str | Path,
