@@ -9,8 +9,9 @@ At the end of each validation (not the sanity check) it logs `val/segm_mAP`,
 ground truth) and a precision-recall figure where the logger draws figures (TensorBoard).
 `metrics` holds the last validation's numbers (float64, as the evaluator computed them) and
 `evaluator` its detections, for reports. With `analyze`, rank 0 also runs the error analysis
-(`instseg.evaluation.analysis.error_analysis`: COCO's analyze() curves and TIDE's errors),
-keeps it in `analysis` and draws both figures where the logger draws figures.
+(`instseg.evaluation.analysis.error_analysis`: COCO's analyze() curves and TIDE's errors)
+while the other ranks wait with the scoring (`CocoEvaluator.evaluate`), keeps it in
+`analysis` and draws both figures where the logger draws figures.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from datetime import timedelta
 
 import pytorch_lightning as pl
 
-from instseg.evaluation.analysis import error_analysis
 from instseg.evaluation.coco import SCORING_TIMEOUT, CocoEvaluator
 from instseg.evaluation.plots import analysis_figure, precision_recall_figure, tide_figure
 from instseg.utils.errors import InstsegError
@@ -59,7 +59,7 @@ class CocoEvaluation(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        self.metrics = {f"val/{k}": v for k, v in self.evaluator.evaluate().items()}
+        self.metrics = {f"val/{k}": v for k, v in self.evaluator.evaluate(self.analyze).items()}
         # Every rank holds the same numbers (rank 0 computed them): no reduction needed.
         pl_module.log_dict(self.metrics, sync_dist=False)
         per_category = {
@@ -70,8 +70,7 @@ class CocoEvaluation(pl.Callback):
         pl_module.log_dict(per_category, sync_dist=False)
         if not trainer.is_global_zero:
             return
-        if self.analyze:
-            self.analysis = analyze_evaluation(self.evaluator)
+        self.analysis = self.evaluator.analysis
         experiment = getattr(pl_module.logger, "experiment", None)
         if hasattr(experiment, "add_figure"):
             figures = {"val/precision_recall": precision_recall_figure(self.evaluator.pr_curves)}
@@ -81,9 +80,3 @@ class CocoEvaluation(pl.Callback):
             for tag, figure in figures.items():
                 experiment.add_figure(tag, figure, global_step=trainer.global_step)
 
-
-def analyze_evaluation(evaluator: CocoEvaluator) -> dict:
-    """The error analysis of an evaluated `CocoEvaluator`'s detections, on the images and
-    tasks it scored, with mask areas as its scoring takes them."""
-    return error_analysis(evaluator.coco_gt, evaluator.results, evaluator.iou_types,
-                          evaluator.backend, evaluator.scored_image_ids, mask_areas=True)

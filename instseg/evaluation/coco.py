@@ -17,11 +17,12 @@ the last batch) are counted once, rank 0 computes and every rank receives the
 same numbers, with pycocotools or faster-coco-eval (same numbers, faster;
 `instseg.evaluation.cocoeval.run_cocoeval` is the scoring step).
 
-Waiting ranks do not stall DDP: the gather and the wait for rank 0's numbers run on a gloo
-process group made for the evaluation (CPU tensors, its own `timeout`, two hours by default),
-not on the training group. An NCCL group's watchdog aborts a rank whose collective waits past
-its timeout (often minutes), and scoring COCO val on rank 0 takes minutes; on the gloo group
-the other ranks wait on the CPU, and the NCCL group sees no collective until they return.
+Waiting ranks do not stall DDP: the gather and the wait for rank 0's numbers (and its error
+analysis, when asked) run on a gloo process group made for the evaluation (CPU tensors, its
+own `timeout`, two hours by default), not on the training group. An NCCL group's watchdog
+aborts a rank whose collective waits past its timeout (often minutes), and scoring COCO val
+on rank 0 takes minutes; on the gloo group the other ranks wait on the CPU, and the NCCL
+group sees no collective until they return.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch.distributed as dist
 from pycocotools.coco import COCO
 
 from instseg.data.categories import CategoryMap
+from instseg.evaluation.analysis import error_analysis
 from instseg.evaluation.cocoeval import backend_ground_truth, run_cocoeval
 from instseg.evaluation.lvis import LVIS_STAT_NAMES, is_lvis
 from instseg.evaluation.records import write_results
@@ -133,6 +135,7 @@ class CocoEvaluator:
         # Filled by evaluate() (on every rank): all ranks' detections, per-category AP, PR curves.
         self.results: list[Detections] = []
         self.scored_image_ids: list[int] = []
+        self.analysis: dict | None = None  # rank 0's, after evaluate(analyze=True)
         self.category_ap: dict[str, dict[str, float]] = {}
         self.pr_curves: dict[str, np.ndarray] = {}
 
@@ -142,14 +145,21 @@ class CocoEvaluator:
             category_ids = self.categories.to_category_ids(output["labels"].cpu())
             self.detections.append(Detections.from_output(output, category_ids, image_id))
 
-    def evaluate(self) -> dict[str, float]:
-        """Flat metrics `{iou_type}_{stat}` over every image processed on any rank."""
+    def evaluate(self, analyze: bool = False) -> dict[str, float]:
+        """Flat metrics `{iou_type}_{stat}` over every image processed on any rank.
+
+        analyze: rank 0 also runs the error analysis (`analysis.error_analysis`, into
+        `self.analysis`) while the other ranks still wait on the evaluation's group."""
         with evaluation_group(self.timeout) as group:
             image_ids, self.results = self._gather(group)
             self.scored_image_ids = image_ids
             computed = None
             if group is None or dist.get_rank() == 0:
                 computed = self.score(image_ids, self.results)
+                if analyze:
+                    # Mask areas as the scoring takes them, so that C75/C50 are AP75/AP50.
+                    self.analysis = error_analysis(self.coco_gt, self.results, self.iou_types,
+                                                   self.backend, image_ids, mask_areas=True)
             if group is not None:
                 box = [computed]
                 dist.broadcast_object_list(box, src=0, group=group)

@@ -176,11 +176,12 @@ def test_error_analysis_of_a_checkpoint_and_of_its_results_file(trained_run, tin
 def test_ddp_evaluation_on_two_processes_equals_one(trained_run, tiny_shapes, tmp_path):
     """2 gloo processes on 7 images (the sampler pads one): every image counted once; with
     test-time augmentation (eval.tta=true), whose detections the evaluator takes as any
-    model's (plain DDP evaluation: tests/test_training_at_scale.py)."""
+    model's (plain DDP evaluation: tests/test_training_at_scale.py), and the error analysis
+    (rank 0's, while the other rank waits)."""
     output_dir, _ = trained_run
     best = next((output_dir / "checkpoints").glob("best-*.ckpt"))
     data = ["data=shapes", *tiny_data_overrides(tiny_shapes), "data.val_batch_size=1",
-            "eval.tta=true"]
+            "eval.tta=true", "eval.analyze=true"]
     run = _run("evaluate.py", f"ckpt={best}", *data, "trainer=ddp", "trainer.accelerator=cpu",
                "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -192,7 +193,7 @@ def test_ddp_evaluation_on_two_processes_equals_one(trained_run, tiny_shapes, tm
     for name in ("ddp", "single"):
         report = json.loads((tmp_path / name / "metrics.json").read_text())
         assert report["test_time_augmentation"] == {"scales": [0.8, 1.0, 1.2], "flip": True}
-        runs[name] = report["metrics"]
+        runs[name] = report["metrics"], report["error_analysis"]
     assert runs["ddp"] == runs["single"]
 
 
