@@ -63,7 +63,8 @@ class CocoDataModule(pl.LightningDataModule):
         """`max_image_side`: training images with a longer side are downscaled when read.
         `repeat_factor_threshold`: repeat-factor sampling of the training images with this
         threshold t (LVIS recipes: 0.001; instseg.data.samplers.repeat_factors), or None
-        for each image once per epoch; single-process training only.
+        for each image once per epoch; under DDP each process trains on its share of every
+        repeat-factor epoch (instseg.data.samplers.EpochShard).
         `train_transforms`: instseg.data.transforms.training_transforms(...) (default: a
         horizontal flip with probability 0.5); `copy_paste`: pasting between the training
         images of a batch (instseg.data.copy_paste), or None. `num_workers` / `pin_memory`:
@@ -169,20 +170,31 @@ class CocoDataModule(pl.LightningDataModule):
         """Random order and augmentation that are functions of (seed, epoch) and resumable
         mid-epoch (instseg.data.samplers); batches grouped by aspect ratio if asked. After
         load_state_dict, the first loader built continues the checkpoint's epoch where it
-        stopped, with the checkpoint's seed."""
+        stopped, with the checkpoint's seed. Under DDP Lightning's DistributedSampler replaces
+        the plain order, while the repeat-factor order is split among the processes
+        (instseg.data.samplers), all of them with rank 0's seed (a collective: every rank
+        builds its loader at once)."""
         resume, self._resume_from = self._resume_from or {}, None
         # seed_everything's, or a random 64-bit one; a resumed run's is the checkpoint's
         seed = resume.get("seed", torch.initial_seed() % 2**63)
+        if (self.repeat_factor_threshold is not None and self.trainer is not None
+                and self.trainer.world_size > 1):
+            # Without a seed each process has its own initial seed, and the shares of the
+            # repeat-factor epoch must all come from one epoch.
+            seed = self.trainer.strategy.broadcast(seed, src=0)
         self._train_seed = seed
         sampler = self._train_sampler(seed)
+        # Lightning re-creates the batch sampler under DDP with its DistributedSampler as
+        # `sampler`; `ddp_order` survives that, and the batch sampler shards it.
+        ddp_order = sampler if isinstance(sampler, RepeatFactorSampler) else None
         start = resume.get("train_position")
         if self.group_aspect_ratio:
             infos = [self.train_set.coco.imgs[i] for i in self.train_set.image_ids]
             batches = GroupedBatchSampler(sampler, aspect_ratio_groups(infos), self.batch_size,
-                                          start=start)
+                                          start=start, ddp_order=ddp_order)
         else:
             batches = ResumableBatchSampler(sampler, self.batch_size, drop_last=False,
-                                            start=start)
+                                            start=start, ddp_order=ddp_order)
         return ResumableDataLoader(
             self.train_set, batch_sampler=batches,
             collate_fn=partial(collate, copy_paste=self.copy_paste), **self._worker_options(),
@@ -195,12 +207,6 @@ class CocoDataModule(pl.LightningDataModule):
         """Each training image once per epoch, or by its repeat factor (see __init__)."""
         if self.repeat_factor_threshold is None:
             return EpochSampler(len(self.train_set), seed=seed)
-        if self.trainer is not None and self.trainer.world_size > 1:
-            # Lightning would replace the sampler by its DistributedSampler, silently
-            # dropping the repeat factors.
-            raise InstsegError("data.repeat_factor_threshold (repeat-factor sampling) runs "
-                               "in one process only; set it to null for multi-process "
-                               f"training ({self.trainer.world_size} processes)")
         annotations = self.train_set.annotations
         factors = repeat_factors(
             [[a["category_id"] for a in annotations[i]] for i in self.train_set.image_ids],

@@ -14,14 +14,22 @@ iteration at a saved position (the epoch, and the batches of it already trained 
 not loaded). `ResumableDataLoader` reports that position to Lightning's checkpoints and takes
 it back from them; the datamodule keeps a copy in its own state too (see
 CocoDataModule.state_dict: Lightning drops the loader's when the loader was built before the
-restore). Under DDP Lightning substitutes its DistributedSampler (same order for a given seed
-and epoch, augmentation from the global RNG).
+restore). Under DDP Lightning substitutes its DistributedSampler for the EpochSampler (same
+order for a given seed and epoch, augmentation from the global RNG).
 
 Repeat-factor sampling (LVIS recipes; detectron2's RepeatFactorTrainingSampler):
 `RepeatFactorSampler` is an EpochSampler whose epochs show each image about its repeat factor
 (`repeat_factors`) times, images of rare categories more often; still a function of (seed,
-epoch) alone, so resume stays exact. It runs in one process: under DDP Lightning would put
-its DistributedSampler in its place, so the datamodule refuses that combination.
+epoch) alone, so resume stays exact. Under DDP it is not replaced but split, as detectron2
+does: the datamodule passes it to the batch sampler as `ddp_order` too, and when Lightning
+re-instantiates the batch sampler with its DistributedSampler, the batch sampler draws that
+DistributedSampler's rank's share of the repeat-factor epoch (`EpochShard`: every rank draws
+the same epoch from the same seed, which the datamodule takes from rank 0, pads it to a
+multiple of the world size by wrapping and takes every world-size-th key from its rank on).
+The ranks together cover the epoch once, each with the same number of samples (and so of
+batches, grouped or not: ceil(share / batch size) either way). A share is a function of
+(seed, epoch, rank, world size), and each key keeps its draw seed, so a rank resumes its
+share where it stopped.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 
 
 class EpochSampler(Sampler):
@@ -120,6 +128,39 @@ class RepeatFactorSampler(EpochSampler):
         return self.length
 
 
+class EpochShard(Sampler):
+    """Process `rank`'s share of `sampler`'s epochs among `num_replicas` processes, as
+    DistributedSampler shares a dataset: the epoch (the same in every process for the same
+    seed and epoch), padded to a multiple of `num_replicas` by continuing from its beginning,
+    then every `num_replicas`-th key from position `rank` on. The shares of ranks 0 to
+    num_replicas - 1 interleave back into the padded epoch, and each holds
+    ceil(len(sampler) / num_replicas) keys. A padding key repeats its original, draw seed
+    included. set_epoch and epoch are the sampler's."""
+
+    def __init__(self, sampler: Sampler, num_replicas: int, rank: int) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not one of {num_replicas} processes")
+        self.sampler = sampler
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator:
+        # Drawn here, not at the first key: see ResumableBatchSampler on when the epoch is set.
+        keys = list(self.sampler)
+        padded = itertools.islice(itertools.cycle(keys), len(self) * self.num_replicas)
+        return itertools.islice(padded, self.rank, None, self.num_replicas)
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.num_replicas)
+
+
 class ResumableBatchSampler(BatchSampler):
     """A BatchSampler whose iteration can start at `start` = {"epoch": e, "batches_done": n}
     (from a checkpoint): the sampler's epoch e, after its first n batches, which are not
@@ -134,10 +175,19 @@ class ResumableBatchSampler(BatchSampler):
     The sampler's iterator is created with the iteration (EpochSampler and DistributedSampler
     draw their order then), not at its first batch (which a DataLoader without workers asks
     for later), so that the epoch set here or by Lightning's set_epoch before iter() is the one
-    used, whatever the number of workers."""
+    used, whatever the number of workers.
+
+    `ddp_order`: an epoch order that DDP must keep (the repeat-factor sampler; the datamodule
+    passes it as `sampler` too). It is also an __init__ argument for Lightning's
+    re-instantiation: when `sampler` is a DistributedSampler (Lightning's, injected under
+    DDP), the batches come from `EpochShard(ddp_order, sampler.num_replicas, sampler.rank)`,
+    which takes Lightning's set_epoch, instead of from the DistributedSampler's permutation
+    of the dataset. Otherwise `sampler` is used as given."""
 
     def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool,
-                 start: dict | None = None) -> None:
+                 start: dict | None = None, ddp_order: Sampler | None = None) -> None:
+        if ddp_order is not None and isinstance(sampler, DistributedSampler):
+            sampler = EpochShard(ddp_order, sampler.num_replicas, sampler.rank)
         super().__init__(sampler, batch_size, drop_last)
         self.start = dict(start) if start else None
 
@@ -173,8 +223,9 @@ def _index(key) -> int:
 
 class GroupedBatchSampler(ResumableBatchSampler):
     def __init__(self, sampler: Sampler, group_ids: Sequence[int], batch_size: int,
-                 start: dict | None = None) -> None:
-        super().__init__(sampler, batch_size, drop_last=False, start=start)
+                 start: dict | None = None, ddp_order: Sampler | None = None) -> None:
+        super().__init__(sampler, batch_size, drop_last=False, start=start,
+                         ddp_order=ddp_order)
         self.group_ids = list(group_ids)
 
     def _batches(self, indices: Iterator) -> Iterator[list]:

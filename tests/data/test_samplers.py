@@ -3,7 +3,7 @@
 from collections import Counter
 
 import pytest
-from torch.utils.data import DistributedSampler, RandomSampler
+from torch.utils.data import Dataset, DistributedSampler, RandomSampler
 
 from instseg.data.samplers import GroupedBatchSampler, aspect_ratio_groups
 
@@ -117,3 +117,127 @@ def test_repeat_factor_epochs_resume_exactly(grouped):
     assert len(epoch) == len(full)
     assert Counter(k for b in epoch for k in b) == Counter(full.sampler)
     assert list(batches({"epoch": 2, "batches_done": 2})) == epoch[2:]
+
+
+FACTORS = [1.0, 2.5, 1.3, 4.0, 1.0, 1.7, 1.2, 3.1, 1.0, 1.9, 1.4]  # an epoch of round(20.1)
+
+
+def _epoch(seed, epoch):
+    from instseg.data.samplers import RepeatFactorSampler
+
+    sampler = RepeatFactorSampler(FACTORS, seed=seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def _shares(world_size, seed, epoch):
+    from instseg.data.samplers import EpochShard, RepeatFactorSampler
+
+    shares = []
+    for rank in range(world_size):
+        shard = EpochShard(RepeatFactorSampler(FACTORS, seed=seed), world_size, rank)
+        shard.set_epoch(epoch)
+        assert shard.epoch == epoch
+        shares.append(list(shard))
+        assert len(shares[-1]) == len(shard)
+    return shares
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_ranks_shares_cover_the_single_process_repeat_factor_epoch(world_size):
+    for epoch in range(3):
+        whole = _epoch(5, epoch)
+        shares = _shares(world_size, 5, epoch)
+        length = -(-len(whole) // world_size)
+        assert [len(s) for s in shares] == [length] * world_size
+        padding = whole[:length * world_size - len(whole)]
+        assert Counter(k for s in shares for k in s) == Counter(whole + padding)
+        # DistributedSampler's layout: the shares interleave back into the padded epoch
+        assert [s[i] for i in range(length) for s in shares] == whole + padding
+        assert _shares(world_size, 5, epoch) == shares  # a function of (seed, epoch)
+    assert _shares(world_size, 5, 0) != _shares(world_size, 5, 1)
+    assert _shares(world_size, 5, 0) != _shares(world_size, 6, 0)
+
+
+def test_a_share_pads_an_epoch_shorter_than_the_world_size():
+    from instseg.data.samplers import EpochSampler, EpochShard
+
+    shares = [list(EpochShard(EpochSampler(2, seed=0), 5, rank)) for rank in range(5)]
+    keys = list(EpochSampler(2, seed=0))
+    assert shares == [[keys[0]], [keys[1]], [keys[0]], [keys[1]], [keys[0]]]
+    with pytest.raises(ValueError, match="rank 2"):
+        EpochShard(EpochSampler(2, seed=0), 2, 2)
+
+
+class _Keys(Dataset):
+    """A dataset of FACTORS' images whose samples are the keys they are read with."""
+
+    def __len__(self) -> int:
+        return len(FACTORS)
+
+    def __getitem__(self, key):
+        return key
+
+
+def _lightning_loader(grouped, world_size, rank, batch_size, start=None):
+    """A train loader built as the datamodule builds one, in the hook's re-instantiation
+    context, then re-instantiated as Lightning does under DDP (_update_dataloader with its
+    DistributedSampler over the dataset)."""
+    from lightning_fabric.utilities.data import _replace_dunder_methods
+    from pytorch_lightning.utilities.data import _update_dataloader
+    from torch.utils.data import BatchSampler, DataLoader
+
+    from instseg.data.samplers import (
+        RepeatFactorSampler,
+        ResumableBatchSampler,
+        ResumableDataLoader,
+    )
+
+    dataset = _Keys()
+    sampler = RepeatFactorSampler(FACTORS, seed=5)
+    with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
+        if grouped:
+            groups = [i % 2 for i in range(len(dataset))]
+            batches = GroupedBatchSampler(sampler, groups, batch_size, start=start,
+                                          ddp_order=sampler)
+        else:
+            batches = ResumableBatchSampler(sampler, batch_size, drop_last=False, start=start,
+                                            ddp_order=sampler)
+        # the batches as lists of keys
+        single = ResumableDataLoader(dataset, batch_sampler=batches, collate_fn=list)
+    assert single.batch_sampler.sampler is sampler  # one process: as given
+    injected = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                  seed=0)
+    return _update_dataloader(single, injected)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_lightning_re_instantiation_under_ddp_shards_the_repeat_factor_order(grouped):
+    """Under DDP the batches are the rank's share of the repeat-factor epoch, not
+    Lightning's DistributedSampler's order; set_epoch reaches it; a saved position resumes
+    it."""
+    from lightning_fabric.utilities.data import _set_sampler_epoch
+
+    from instseg.data.samplers import EpochShard, ResumableBatchSampler
+
+    world_size, batch_size = 2, 3
+    for rank in range(world_size):
+        distributed = _lightning_loader(grouped, world_size, rank, batch_size)
+        assert type(distributed.batch_sampler) is (GroupedBatchSampler if grouped
+                                                   else ResumableBatchSampler)
+        assert isinstance(distributed.batch_sampler.sampler, EpochShard)
+        _set_sampler_epoch(distributed, 2)
+        assert distributed.batch_sampler.sampler.sampler.epoch == 2
+        epoch = list(distributed.batch_sampler)
+        share = _shares(world_size, 5, 2)[rank]
+        if grouped:
+            assert Counter(k for b in epoch for k in b) == Counter(share)
+        else:
+            assert [k for b in epoch for k in b] == share
+        # every rank the same number of batches, grouped or not
+        assert len(epoch) == len(distributed.batch_sampler) == -(-len(share) // batch_size)
+        assert list(distributed) == epoch
+        assert distributed.state_dict()["epoch"] == 2
+        resumed = _lightning_loader(grouped, world_size, rank, batch_size,
+                                    start={"epoch": 2, "batches_done": 2})
+        assert list(resumed.batch_sampler) == epoch[2:]
