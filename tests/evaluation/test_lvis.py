@@ -270,3 +270,34 @@ def test_top_detections_keeps_the_best_in_a_stable_order():
     # 0.9 first, then the 0.5 ties in the results' order: the record (last) is dropped
     assert [m.tolist() for m in keep] == [[True, True, True], [False]]
     assert lvis_rules.top_detections([first, second], limit=4) is None
+
+
+def test_evaluate_scores_an_lvis_results_file_with_the_official_numbers(lvis_case, tmp_path,
+                                                                        monkeypatch):
+    """The user's path: `evaluate.py predictions=FILE` with an LVIS json as data prints and
+    records the 13 LVIS stats per task under instseg's names (val/segm_mAP_r, ...), equal to
+    the official package's (masks' areas from the masks, as the evaluator scores them); the
+    error analysis, which follows COCO's rules, is refused."""
+    from instseg.tasks.evaluate import evaluate
+    from instseg.utils.errors import InstsegError
+    from tests.conftest import compose_config
+
+    path, records = lvis_case
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(records))
+    images = shared_data("coco128-seg", "images")  # holds train2017/, as coco_url names it
+    data = ["data=coco_format", f"data.train_images={images}", f"data.train_annotations={path}",
+            f"data.val_images={images}", f"data.val_annotations={path}"]
+    metrics = evaluate(compose_config("evaluate", [f"predictions={results}", *data],
+                                      tmp_path / "run"))
+    assert [k for k in metrics if k.startswith("val/segm_")] == [
+        f"val/segm_{name}" for name in LVIS_STAT_NAMES]
+    official = _official(path, [{k: v for k, v in r.items() if k != "bbox"} for r in records],
+                         "segm", monkeypatch)
+    np.testing.assert_allclose([metrics[f"val/segm_{n}"] for n in LVIS_STAT_NAMES], official,
+                               rtol=0, atol=1e-12)
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert report["metrics"] == metrics
+    with pytest.raises(InstsegError, match="LVIS"):
+        evaluate(compose_config("evaluate", [f"predictions={results}", *data,
+                                             "eval.analyze=true"], tmp_path / "again"))
