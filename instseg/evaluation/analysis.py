@@ -82,8 +82,14 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from instseg.evaluation.cocoeval import backend_ground_truth
-from instseg.evaluation.records import records_by_image, records_of
+from instseg.evaluation.cocoeval import (
+    backend_ground_truth,
+    category_counts,
+    checked_by_image,
+    load_results,
+    runs,
+)
+from instseg.evaluation.records import records_of
 from instseg.structures.detections import Detections
 
 CURVES = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
@@ -134,10 +140,10 @@ def coco_analysis(
         raise ValueError(f"areas must be among {AREAS}, got {sorted(unknown_areas)}")
     gt = backend_ground_truth(coco_gt, backend)
     image_ids = sorted({int(i) for i in (gt.getImgIds() if image_ids is None else image_ids)})
-    by_image = _checked_by_image(results, gt.getImgIds())
+    by_image = checked_by_image(results, gt.getImgIds())
     categories = gt.loadCats(sorted(gt.getCatIds()))
     category_ids = [c["id"] for c in categories]
-    present = {i: _categories_of(by_image.get(i, ())) for i in image_ids}
+    present = {i: set(category_counts(by_image.get(i, ()))) for i in image_ids}
     confusion_gts = [
         _with_confusions(gt, present, categories, same_supercategory, confusions, backend)
         for same_supercategory in (True, False)  # Sim, Oth
@@ -146,13 +152,14 @@ def coco_analysis(
     precision = np.full((len(CURVES), len(RECALL), len(category_ids), len(AREAS)), -1.0)
     totals = Counter()
     for items in by_image.values():
-        totals.update(_category_counts(items))
+        totals.update(category_counts(items))
     with contextlib.redirect_stdout(io.StringIO()):  # the backends' progress
-        for indices in _category_slices(category_ids, totals, chunk_detections):
+        positions = list(range(len(category_ids)))
+        for indices in runs(positions, lambda k: totals[category_ids[k]], chunk_detections):
             wanted = {category_ids[k] for k in indices}
             records = [r for i in image_ids
                        for r in records_of(by_image.get(i, ()), iou_type, mask_areas, wanted)]
-            detections = _load_results(gt, records, backend)
+            detections = load_results(gt, records)
             chunk = [category_ids[k] for k in indices]
             base = _evaluate(gt, detections, iou_type, backend, image_ids, chunk, (0.75, 0.5, 0.1))
             precision[0:3, :, indices, :] = base[:, :, :, :, 0]
@@ -284,50 +291,6 @@ def _index(dataset: dict, backend: str):
     return coco
 
 
-def _load_results(gt, records: list[dict], backend: str):
-    if records:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return gt.loadRes(records)
-    # loadRes cannot take an empty list; no detections is a valid (zero) result.
-    return _index({k: gt.dataset[k] for k in ("images", "categories")} | {"annotations": []},
-                  backend)
-
-
-def _checked_by_image(results, known_images) -> dict[int, list]:
-    by_image = records_by_image(results)
-    unknown = by_image.keys() - {int(i) for i in known_images}
-    if unknown:
-        raise ValueError(f"results for {len(unknown)} image ids not in the ground truth, "
-                         f"e.g. {sorted(unknown)[:5]}")
-    return by_image
-
-
-def _category_counts(items: Sequence[dict | Detections]) -> Counter:
-    counts: Counter = Counter()
-    for item in items:
-        if isinstance(item, Detections):
-            counts.update(int(c) for c in item.category_ids.tolist())
-        else:
-            counts[int(item["category_id"])] += 1
-    return counts
-
-
-def _categories_of(items: Sequence[dict | Detections]) -> set[int]:
-    return set(_category_counts(items))
-
-
-def _category_slices(category_ids: list[int], totals: Counter, limit: int) -> list[list[int]]:
-    """Consecutive runs of category indices holding about `limit` detections each."""
-    slices, current, count = [], [], 0
-    for k, category_id in enumerate(category_ids):
-        current.append(k)
-        count += totals[category_id]
-        if count >= limit:
-            slices.append(current)
-            current, count = [], 0
-    return slices + [current] if current or not slices else slices
-
-
 # ------------------------------------------------------------------------------------------
 # TIDE
 
@@ -414,7 +377,7 @@ class _TideRun:
         self._pushes = 0
         images = coco_gt.dataset["images"]
         known = {int(image["id"]) for image in images}
-        by_image = _checked_by_image(results, known)
+        by_image = checked_by_image(results, known)
         if image_ids is not None:
             wanted = {int(i) for i in image_ids}
             images = [image for image in images if int(image["id"]) in wanted]

@@ -68,11 +68,7 @@ def run_cocoeval(
     lvis = lvis_rules.is_lvis(coco_gt) if lvis is None else lvis
     gt = backend_ground_truth(coco_gt, backend, lvis)
     image_ids = sorted({int(i) for i in (gt.getImgIds() if image_ids is None else image_ids)})
-    by_image = records_by_image(results)
-    unknown = by_image.keys() - set(gt.getImgIds())
-    if unknown:
-        raise ValueError(f"results for {len(unknown)} image ids not in the ground truth, "
-                         f"e.g. {sorted(unknown)[:5]}")
+    by_image = checked_by_image(results, gt.getImgIds())
     # LVIS keeps each image's best 300 over all categories, decided before category slices.
     kept = ({i: lvis_rules.top_detections(by_image[i]) for i in image_ids if i in by_image}
             if lvis else {})
@@ -97,6 +93,17 @@ def run_cocoeval(
     if lvis:
         evaluator.stats = lvis_rules.lvis_stats(evaluator)
     return evaluator
+
+
+def checked_by_image(results: Iterable[dict | Detections],
+                     known_image_ids: Iterable[int]) -> dict[int, list]:
+    """`records_by_image(results)`; ValueError for results of images not in `known_image_ids`."""
+    by_image = records_by_image(results)
+    unknown = by_image.keys() - {int(i) for i in known_image_ids}
+    if unknown:
+        raise ValueError(f"results for {len(unknown)} image ids not in the ground truth, "
+                         f"e.g. {sorted(unknown)[:5]}")
+    return by_image
 
 
 def backend_ground_truth(coco_gt: COCO, backend: str, lvis: bool | None = None):
@@ -136,18 +143,19 @@ def backend_ground_truth(coco_gt: COCO, backend: str, lvis: bool | None = None):
 def _plan(image_ids: list[int], category_ids: list[int], by_image: dict,
           limit: int) -> list[tuple[list[int], list[list[int]]]]:
     """[(category slice, [image slices])], each slice holding about `limit` detections."""
-    per_image = {i: _category_counts(by_image.get(i, ())) for i in image_ids}
+    per_image = {i: category_counts(by_image.get(i, ())) for i in image_ids}
     totals: Counter = Counter()
     for counts in per_image.values():
         totals.update(counts)
     plan = []
-    for categories in _runs(category_ids, totals.__getitem__, limit):
+    for categories in runs(category_ids, totals.__getitem__, limit):
         in_slice = {i: sum(per_image[i][c] for c in categories) for i in image_ids}
-        plan.append((categories, _runs(image_ids, in_slice.__getitem__, limit)))
+        plan.append((categories, runs(image_ids, in_slice.__getitem__, limit)))
     return plan
 
 
-def _category_counts(items: Sequence[dict | Detections]) -> Counter:
+def category_counts(items: Sequence[dict | Detections]) -> Counter:
+    """Detections per category id of one image's results."""
     counts: Counter = Counter()
     for item in items:
         if isinstance(item, Detections):
@@ -157,7 +165,7 @@ def _category_counts(items: Sequence[dict | Detections]) -> Counter:
     return counts
 
 
-def _runs(items: list, size: Callable, limit: int) -> list[list]:
+def runs(items: list, size: Callable, limit: int) -> list[list]:
     """Consecutive runs of `items`, each closed once its sizes reach `limit` (one run, maybe
     empty, when there are no items)."""
     runs, current, total = [], [], 0
@@ -194,7 +202,7 @@ def _evaluate_slice(gt, by_image, categories, image_slices, iou_type, backend, m
                 known = lvis_rules.known_categories(gt, image_id)
                 image_records = [r for r in image_records if r["category_id"] in known]
             records += image_records
-        dt = _load_results(gt, records)
+        dt = load_results(gt, records)
         if lvis_kept is not None:
             lvis_rules.drop_zero_area(dt)
         evaluator = _evaluator(gt, dt, iou_type, backend, lvis_kept is not None)
@@ -223,7 +231,8 @@ def _evaluator(gt, dt, iou_type: str, backend: str, lvis: bool = False):
     return evaluator
 
 
-def _load_results(gt, records: list[dict]):
+def load_results(gt, records: list[dict]):
+    """`gt.loadRes(records)` for either backend's COCO, also for no records."""
     if records:
         with contextlib.redirect_stdout(io.StringIO()):
             return gt.loadRes(records)  # fresh records: loadRes adds keys to each
