@@ -109,6 +109,8 @@ def test_multirun_with_ddp_runs_each_job_once_in_its_own_directory(tiny_shapes, 
 def test_optuna_sweep_of_two_trials_is_summarised(tiny_shapes, tmp_path):
     """Each trial in its own directory of the sweep (Hydra resolves the sweep dir before any
     job), the summary best first, its table showing the overrides that differ."""
+    from instseg.utils.sweeps import metric_history
+
     result = _train_script(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
                            "hydra.sweeper.sampler.n_startup_trials=2",
                            *_overrides(tiny_shapes, "trainer.limit_train_batches=2"))
@@ -123,6 +125,12 @@ def test_optuna_sweep_of_two_trials_is_summarised(tiny_shapes, tmp_path):
     assert summary[0]["val/segm_mAP"] >= summary[1]["val/segm_mAP"]
     assert "model.optimizer.lr=" in result.stdout
     assert "best_params" in (sweep / "optimization_results.yaml").read_text()
+    # The figure's curves come from each job's own TensorBoard logs: what a job returned is
+    # its last validation's logged value.
+    assert (sweep / "summary.png").is_file() and "summary.png" in result.stdout
+    for job in summary:
+        history = metric_history(Path(job["output_dir"]), "val/segm_mAP")
+        assert history[-1][1] == pytest.approx(job["val/segm_mAP"], abs=1e-6)
 
 
 def test_ema_weights_are_validated_and_checkpointed(tiny_shapes, tmp_path):
