@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from instseg.models.schedules import linear_scaling
 from instseg.tasks.evaluate import evaluate
 from instseg.tasks.train import scaling_for, train
+from instseg.utils.sweeps import metric_history
 from tests.conftest import ROOT, compose_config, tiny_train_overrides
 
 
@@ -109,8 +110,6 @@ def test_multirun_with_ddp_runs_each_job_once_in_its_own_directory(tiny_shapes, 
 def test_optuna_sweep_of_two_trials_is_summarised(tiny_shapes, tmp_path):
     """Each trial in its own directory of the sweep (Hydra resolves the sweep dir before any
     job), the summary best first, its table showing the overrides that differ."""
-    from instseg.utils.sweeps import metric_history
-
     result = _train_script(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
                            "hydra.sweeper.sampler.n_startup_trials=2",
                            *_overrides(tiny_shapes, "trainer.limit_train_batches=2"))

@@ -68,6 +68,9 @@ class MaskRCNNModule(pl.LightningModule):
         # Evaluation with test-time augmentation (instseg.models.tta), set by the evaluate
         # task (eval.tta=true); None: one pass at the model's own size.
         self.test_time_augmentation: Callable | None = None
+        # Compute per image (instseg.models.cost.ModelCost), counted and set by the train task
+        # for the run's summary; None: not counted.
+        self.cost = None
         self.reuse_memory = reuse_memory
         self.fused_optimizer = fused_optimizer
 

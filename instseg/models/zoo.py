@@ -1,7 +1,9 @@
 """Print the model table of README.md: `python -m instseg.models.zoo`.
 
 Builds every `conf/model/*.yaml` (91 outputs, as COCO weights have) and reports its backbone,
-parameter count, the weights torchvision publishes for it and their COCO val2017 AP.
+parameter count, compute per image at its test size (`instseg.models.cost`: GFLOPs as
+multiply-adds, torchvision's convention), the weights torchvision publishes for it and their
+COCO val2017 AP.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from torchvision.models import get_model_weights, get_weight
 
 from instseg import configs
 from instseg.models.build import instantiate_module
+from instseg.models.cost import model_cost
 
 
 def model_rows() -> list[dict[str, str]]:
@@ -23,6 +26,7 @@ def model_rows() -> list[dict[str, str]]:
             "model": f"`model={model}`",
             "backbone": f"{backbone.arch}, {backbone.get('out_channels', 256)}-ch FPN",
             "parameters": f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M",
+            "compute (multiply-adds)": model_cost(net).describe(),
             "weights": "ImageNet body: " + ", ".join(imagenet),
             "published COCO AP (box / mask)": "-",
         }

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from instseg.checkpoints.fit import check_fits, config_differences
 from instseg.checkpoints.io import resume_path
 from instseg.checkpoints.record import RecordRun, load_checkpoint
+from instseg.models.cost import model_cost
 from instseg.models.schedules import linear_scaling
 from instseg.tasks.common import build_module, evaluation_callback, instantiate_group, run_options
 from instseg.utils.environment import write_environment
@@ -59,7 +60,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         _check_resume(ckpt_path, config, module)
     if trainer.is_global_zero:
         OmegaConf.save(run, output_dir / "config_resolved.yaml", resolve=True)
-        write_environment(output_dir / "environment.json", trainer.world_size)
+        module.cost = model_cost(module.net)  # the model summary prints it
+        log.info("model compute (multiply-adds, as torchvision counts FLOPs): %s",
+                 module.cost.describe())
+        write_environment(output_dir / "environment.json", trainer.world_size,
+                          model=_model_record(module))
     with ddp_children_run_this_job():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     _log_best(trainer)
@@ -125,6 +130,14 @@ def _check_resume(path: str, config: dict, module: pl.LightningModule) -> None:
                         "with the checkpoint's %s state, so these values do not take effect; "
                         "to train with them, start from its weights: model.weights=%s",
                         part, "; ".join(changed), part, path)
+
+
+def _model_record(module: pl.LightningModule) -> dict:
+    """What environment.json records of the model: parameters and compute per image."""
+    parameters = sum(p.numel() for p in module.net.parameters())
+    trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
+    return {"parameters": parameters, "trainable_parameters": trainable,
+            "cost": module.cost.as_dict()}
 
 
 def _log_best(trainer: pl.Trainer) -> None:

@@ -18,7 +18,9 @@ PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "pycocoto
             "faster-coco-eval", "numpy")
 
 
-def environment(world_size: int) -> dict:
+def environment(world_size: int, model: dict | None = None) -> dict:
+    """The machine, packages and command; `model`: what the task records of the model (its
+    parameters and compute per image)."""
     packages = {}
     for name in PACKAGES:
         try:
@@ -30,12 +32,12 @@ def environment(world_size: int) -> dict:
         "packages": packages, "git_commit": _git_commit(), "world_size": world_size,
         "cuda": torch.version.cuda, "gpus": [torch.cuda.get_device_name(i)
                                              for i in range(torch.cuda.device_count())],
-        "command": sys.argv,
+        "command": sys.argv, "model": model,
     }
 
 
-def write_environment(path: Path, world_size: int) -> None:
-    path.write_text(json.dumps(environment(world_size), indent=2))
+def write_environment(path: Path, world_size: int, model: dict | None = None) -> None:
+    path.write_text(json.dumps(environment(world_size, model), indent=2))
 
 
 def _git_commit() -> str | None:

@@ -5,9 +5,11 @@ model summary without a FLOPs column that would read 0.
   lines (logged at INFO by every Trainer), its note that a summary callback was configured,
   and its own deprecation warning about torch's pytree API (Lightning's code, not the run's);
   everything else it logs stays.
-- `ParameterSummary` (conf/callbacks/model_summary.yaml): Lightning's RichModelSummary without
-  FLOPs. Lightning counts FLOPs only by running `example_input_array`, which a detector taking
-  lists of images and targets has none of, so it printed `Total FLOPs: 0`.
+- `ParameterSummary` (conf/callbacks/model_summary.yaml): Lightning's RichModelSummary with the
+  module's own compute per image instead of Lightning's FLOPs. Lightning counts FLOPs only by
+  running `example_input_array`, which a detector taking lists of images and targets has none
+  of, so it printed `Total FLOPs: 0`; the train task counts them (`instseg.models.cost`) and
+  sets them on the module as `cost` (anything with a `describe()`), which this prints.
 """
 
 from __future__ import annotations
@@ -40,10 +42,16 @@ def quiet_lightning_tips() -> None:
 
 
 class ParameterSummary(RichModelSummary):
-    """The model's top-level modules with their parameter counts and modes (no FLOPs)."""
+    """The model's top-level modules with their parameter counts and modes, and the module's
+    `cost` per image where it has one (no Lightning FLOPs column)."""
 
-    @staticmethod
-    def summarize(summary_data, total_parameters: int, trainable_parameters: int,
+    _cost = None  # the module's, read at fit start
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._cost = getattr(pl_module, "cost", None)
+        super().on_fit_start(trainer, pl_module)
+
+    def summarize(self, summary_data, total_parameters: int, trainable_parameters: int,
                   model_size: float, total_training_modes: dict[str, int], total_flops: int,
                   **summarize_kwargs) -> None:
         from rich import get_console
@@ -62,6 +70,8 @@ class ParameterSummary(RichModelSummary):
                              ("Total params", get_human_readable_count(total_parameters)),
                              ("Parameter size (MB)", f"{model_size:,.1f}")]:
             totals.add_row(f"[bold]{label}[/]: {value}")
+        if self._cost is not None:
+            totals.add_row(f"[bold]Compute (multiply-adds)[/]: {self._cost.describe()}")
         console = get_console()
         console.print(table)
         console.print(totals)

@@ -12,3 +12,6 @@ def test_model_table_lists_every_model_with_published_numbers():
     assert rows["`model=r50_fpn`"]["published COCO AP (box / mask)"] == "37.9 / 34.6"
     assert rows["`model=r50_fpn_v2`"]["published COCO AP (box / mask)"] == "47.4 / 41.8"
     assert rows["`model=r50_fpn`"]["parameters"] == "44.5 M"
+    # torchvision's published 134.38 (no detections); tests/models/test_cost.py checks both
+    assert rows["`model=r50_fpn`"]["compute (multiply-adds)"].startswith(
+        "187.6 GFLOPs per 800x800 image (134.4 + 100 detections x 0.532)")

@@ -56,7 +56,7 @@ def _run(script: str, *overrides: str, cwd) -> subprocess.CompletedProcess:
 
 # What the scripts print concerns the run: no advertisements of Lightning's cloud products,
 # no note per checkpoint save, no FLOPs line that reads 0.
-NOISE = ("💡 Tip", "litlogger", "litmodels", "`weights_only` was not set", "FLOPs",
+NOISE = ("💡 Tip", "litlogger", "litmodels", "`weights_only` was not set", "Total FLOPs",
          "Trainer already configured with model summary callbacks", "LeafSpec")
 
 
@@ -74,6 +74,10 @@ def test_entry_scripts_round_trip(tiny_shapes, tmp_path):
     checkpoints = run_dir / "checkpoints"
     assert (checkpoints / "last.ckpt").exists() and list(checkpoints.glob("step-*.ckpt"))
     assert "Trainable params" in train_run.stdout and "Restored" not in train_run.stdout
+    # the model summary's compute, as environment.json records it (instseg.models.cost)
+    cost = json.loads((run_dir / "environment.json").read_text())["model"]["cost"]
+    assert cost["image_size"] == [96, 96] and cost["gflops"] > cost["gflops_without_detections"]
+    assert f"{cost['gflops']:.1f} GFLOPs per 96x96 image" in train_run.stdout
     best = next(checkpoints.glob("best-*.ckpt"))
     logged = torch.load(best, weights_only=True)["instseg"]["metrics"]["val/segm_mAP"]
 
