@@ -6,12 +6,13 @@ detections as torchvision dicts, masks unpasted or pasted), for the datamodule's
 ground truth and `categories` label space (as `instseg.data.CocoDataModule` exposes them).
 At the end of each validation (not the sanity check) it logs `val/segm_mAP`,
 `val/bbox_mAP50`, ... (12 stats per task), `val/<task>_AP/<category>` (categories with
-ground truth) and a precision-recall figure where the logger draws figures (TensorBoard).
+ground truth) and a precision-recall figure to every logger that takes figures (TensorBoard,
+W&B, MLflow: `instseg.utils.trackers.log_figures`).
 `metrics` holds the last validation's numbers (float64, as the evaluator computed them) and
 `evaluator` its detections, for reports. With `analyze`, rank 0 also runs the error analysis
 (`instseg.evaluation.analysis.error_analysis`: COCO's analyze() curves and TIDE's errors)
 while the other ranks wait with the scoring (`CocoEvaluator.evaluate`), keeps it in
-`analysis` and draws both figures where the logger draws figures.
+`analysis` and logs both figures the same way.
 """
 
 from __future__ import annotations
@@ -22,8 +23,14 @@ from datetime import timedelta
 import pytorch_lightning as pl
 
 from instseg.evaluation.coco import SCORING_TIMEOUT, CocoEvaluator
-from instseg.evaluation.plots import analysis_figure, precision_recall_figure, tide_figure
+from instseg.evaluation.plots import (
+    analysis_figure,
+    close_figure,
+    precision_recall_figure,
+    tide_figure,
+)
 from instseg.utils.errors import InstsegError
+from instseg.utils.trackers import TRACKERS_WITH_FIGURES, log_figures
 
 ANALYSIS_NOT_FOR_LVIS = ("eval.analyze: the error analysis follows COCO's rules (every "
                          "category exhaustively annotated), which LVIS's federated ground "
@@ -71,12 +78,12 @@ class CocoEvaluation(pl.Callback):
         if not trainer.is_global_zero:
             return
         self.analysis = self.evaluator.analysis
-        experiment = getattr(pl_module.logger, "experiment", None)
-        if hasattr(experiment, "add_figure"):
-            figures = {"val/precision_recall": precision_recall_figure(self.evaluator.pr_curves)}
-            if self.analysis is not None:
-                figures["val/error_analysis"] = analysis_figure(self.analysis)
-                figures["val/tide_errors"] = tide_figure(self.analysis)
-            for tag, figure in figures.items():
-                experiment.add_figure(tag, figure, global_step=trainer.global_step)
-
+        if not any(isinstance(logger, TRACKERS_WITH_FIGURES) for logger in trainer.loggers):
+            return
+        figures = {"val/precision_recall": precision_recall_figure(self.evaluator.pr_curves)}
+        if self.analysis is not None:
+            figures["val/error_analysis"] = analysis_figure(self.analysis)
+            figures["val/tide_errors"] = tide_figure(self.analysis)
+        log_figures(trainer.loggers, figures, trainer.global_step)
+        for figure in figures.values():
+            close_figure(figure)

@@ -12,6 +12,11 @@ import numpy as np  # noqa: E402
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
 
+def close_figure(figure) -> None:
+    """Free a figure of this module once it has been logged."""
+    plt.close(figure)
+
+
 def save_figure(figure, path) -> None:
     """Write `figure` as an image file (format by the suffix) and free it."""
     figure.savefig(path, dpi=100)

@@ -15,6 +15,8 @@ from instseg.configs import model_config
 from instseg.evaluation.callback import CocoEvaluation
 from instseg.models.build import instantiate_module
 from instseg.models.weights import load_pretrained
+from instseg.utils.errors import InstsegError
+from instseg.utils.trackers import tracker_extra_missing
 
 log = logging.getLogger(__name__)
 MONITOR = "val/segm_mAP"
@@ -61,3 +63,13 @@ def instantiate_group(group: DictConfig | None) -> list:
     if not group:
         return []
     return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
+
+
+def instantiate_loggers(group: DictConfig | None) -> list:
+    """The loggers of cfg.logger; a tracker whose package is missing is one InstsegError
+    naming the extra that installs it."""
+    for name, entry in (group or {}).items():
+        missing = tracker_extra_missing(entry.get("_target_", "")) if entry else None
+        if missing:
+            raise InstsegError(f"logger.{name}: {missing}")
+    return instantiate_group(group)

@@ -26,10 +26,17 @@ from instseg.checkpoints.io import resume_path
 from instseg.checkpoints.record import RecordRun, load_checkpoint
 from instseg.models.cost import model_cost
 from instseg.models.schedules import linear_scaling
-from instseg.tasks.common import build_module, evaluation_callback, instantiate_group, run_options
+from instseg.tasks.common import (
+    build_module,
+    evaluation_callback,
+    instantiate_group,
+    instantiate_loggers,
+    run_options,
+)
 from instseg.utils.environment import write_environment
 from instseg.utils.logs import quiet_lightning_tips
 from instseg.utils.sweeps import ddp_children_run_this_job
+from instseg.utils.trackers import TrackRun
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +57,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     evaluation = evaluation_callback(run)
     config = OmegaConf.to_container(run, resolve=True)
     record = RecordRun(config, datamodule.categories, evaluation)
-    callbacks = [*instantiate_group(run.get("callbacks")), evaluation, record]
+    callbacks = [*instantiate_group(run.get("callbacks")), evaluation, record, TrackRun(config)]
     trainer = instantiate(run.trainer, callbacks=callbacks,
-                          logger=instantiate_group(run.get("logger")) or False)
+                          logger=instantiate_loggers(run.get("logger")) or False)
     output_dir = Path(run.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resume_path(run.get("ckpt_path"), trainer)
