@@ -127,6 +127,7 @@ def test_optuna_sweep_of_two_trials_is_summarised(tiny_shapes, tmp_path):
     # The figure's curves come from each job's own TensorBoard logs: what a job returned is
     # its last validation's logged value.
     assert (sweep / "summary.png").is_file() and "summary.png" in result.stdout
+    assert "No path found" not in result.stdout + result.stderr  # TensorBoard's reader, quiet
     for job in summary:
         history = metric_history(Path(job["output_dir"]), "val/segm_mAP")
         assert history[-1][1] == pytest.approx(job["val/segm_mAP"], abs=1e-6)

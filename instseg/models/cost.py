@@ -95,8 +95,9 @@ def _count_stages(net: MaskRCNN, image: torch.Tensor) -> ModelCost:
     with FlopCounterMode(display=False) as box_branch:
         heads.box_predictor(heads.box_head(heads.box_roi_pool(features, [boxes], image_sizes)))
     with FlopCounterMode(display=False) as mask_branch:
-        heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, [boxes[:1]],
-                                                                 image_sizes)))
+        if heads.has_mask():  # a Faster R-CNN built from these parts has no mask cost
+            heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, [boxes[:1]],
+                                                                     image_sizes)))
     return ModelCost(
         image_size=tuple(images.tensors.shape[-2:]), proposals=proposals,
         detections_per_image=heads.detections_per_img,

@@ -159,7 +159,13 @@ def _tensorboard_scalars(directory: Path, tag: str) -> list[tuple[int, float]]:
     # 0: keep every scalar (the default keeps a random sample of 10,000).
     accumulator = event_accumulator.EventAccumulator(
         str(directory), size_guidance={event_accumulator.SCALARS: 0})
-    accumulator.Reload()
+    reader_log = logging.getLogger("tensorboard")
+    level = reader_log.level
+    reader_log.setLevel(logging.WARNING)  # its "No path found after <file>" per file read
+    try:
+        accumulator.Reload()
+    finally:
+        reader_log.setLevel(level)
     if tag not in accumulator.Tags()["scalars"]:
         return []
     return [(event.step, event.value) for event in accumulator.Scalars(tag)]
