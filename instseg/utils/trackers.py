@@ -8,7 +8,8 @@ hyperparameters, figures, and the best checkpoint as an artifact, for every logg
   (`WandbLogger.log_image`) and MLflow artifacts (`<tag>/step_<step>.png`); CSV has none.
 - `TrackRun(config)`: a callback that logs `config` (the run's resolved config) as every
   logger's hyperparameters at fit start, and at fit end the best checkpoint as a W&B artifact
-  (type "model", alias "best") and an MLflow artifact (`checkpoints/`), each with the score;
+  (type "model", alias "best") and an MLflow artifact (`checkpoints/`, tags `best_checkpoint`,
+  `best_score`, ...), each with the score;
   at teardown it finishes the W&B run.
 Scalars (`train/loss_mask`, `val/segm_mAP`, `val/segm_AP/<category>`) need nothing here:
 `LightningModule.log` sends them to every logger under the same names.
@@ -82,8 +83,8 @@ class TrackRun(pl.Callback):
                 _wandb_artifact(logger, path, metadata)
             elif isinstance(logger, MLFlowLogger):
                 logger.experiment.log_artifact(logger.run_id, str(path), "checkpoints")
-                for key, value in {"best_checkpoint": path.name, **metadata}.items():
-                    logger.experiment.set_tag(logger.run_id, f"instseg.{key}", str(value))
+                for key, value in {"checkpoint": path.name, **metadata}.items():
+                    logger.experiment.set_tag(logger.run_id, f"best_{key}", str(value))
             else:
                 continue
             log.info("best checkpoint %s logged to %s", path.name, type(logger).__name__)

@@ -125,7 +125,7 @@ def test_mlflow_store_holds_metrics_parameters_figures_and_best_checkpoint(track
     assert artifacts.is_relative_to(root / "logs" / "mlflow-artifacts")
     best = next((root / "checkpoints").glob("best-*.ckpt"))
     assert (artifacts / "checkpoints" / best.name).read_bytes() == best.read_bytes()
-    assert tags["instseg.best_checkpoint"] == best.name
+    assert tags["best_checkpoint"] == best.name
     assert len(list((artifacts / "val" / "precision_recall").glob("step_*.png"))) == 2
 
 
