@@ -9,8 +9,7 @@ hyperparameters, figures, and the best checkpoint as an artifact, for every logg
 - `TrackRun(config)`: a callback that logs `config` (the run's resolved config) as every
   logger's hyperparameters at fit start, and at fit end the best checkpoint as a W&B artifact
   (type "model", alias "best") and an MLflow artifact (`checkpoints/`, tags `best_checkpoint`,
-  `best_score`, ...), each with the score;
-  at teardown it finishes the W&B run.
+  `best_score`, ...), each with the score; at teardown it finishes the W&B run.
 Scalars (`train/loss_mask`, `val/segm_mAP`, `val/segm_AP/<category>`) need nothing here:
 `LightningModule.log` sends them to every logger under the same names.
 """
