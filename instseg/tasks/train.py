@@ -68,8 +68,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         OmegaConf.save(run, output_dir / "config_resolved.yaml", resolve=True)
         module.cost = model_cost(module.net)  # the model summary prints it
-        log.info("model compute (multiply-adds, as torchvision counts FLOPs): %s",
-                 module.cost.describe())
         write_environment(output_dir / "environment.json", trainer.world_size,
                           model=_model_record(module))
     with ddp_children_run_this_job():
